@@ -1,0 +1,1 @@
+"""Networks, training, evaluation and the shipped weights of facebeam."""

@@ -1,0 +1,134 @@
+"""Loaders for the labelled data sets (FER2013 and UTKFace npz layouts), numpy + OpenCV only.
+
+Layouts are those of ``shared/data/README.md``. Nothing here downloads anything: the data sets are
+research-use files that users place themselves; ``default_data_dir()`` says where they are looked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+from models.labels import EMOTIONS
+
+__all__ = [
+    "FerData",
+    "UtkData",
+    "default_data_dir",
+    "load_fer",
+    "load_utkface",
+    "validation_mask",
+    "ferplus_soft_labels",
+    "LABEL_SETS",
+    "FER_TEMPLATE",
+    "UTK_TEMPLATE",
+]
+
+# Label sets for the emotion model: each maps the 7 FER2013 labels to the set's classes (-1 drops).
+LABEL_SETS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
+    "7": (EMOTIONS, (0, 1, 2, 3, 4, 5, 6)),
+    # angry and disgust merged: disgust has ~10x fewer examples than happy.
+    "6": (("angry", "fear", "happy", "sad", "surprise", "neutral"), (0, 0, 1, 2, 3, 4, 5)),
+    # without disgust and fear, the two classes FER2013 labels least reliably.
+    "5": (("angry", "happy", "sad", "surprise", "neutral"), (0, -1, -1, 1, 2, 3, 4)),
+}
+
+# Where the eyes sit in each data set's faces, as (eye distance, eye-line height) fractions of the
+# image side: medians of MTCNN's eye landmarks on ~300 faces of each (FER2013 PublicTest upscaled 4x,
+# UTKFace train). The pipeline frames its crops the same way before calling a model.
+FER_TEMPLATE = (0.368, 0.385)
+UTK_TEMPLATE = (0.391, 0.289)
+
+# FER+ vote columns (neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF)
+# mapped to FER2013's emotion order; contempt, unknown and NF have no FER2013 class.
+_FERPLUS_TO_FER = {4: 0, 5: 1, 6: 2, 1: 3, 3: 4, 2: 5, 0: 6}
+_FERPLUS_NOT_A_FACE = 9
+
+
+class FerData(NamedTuple):
+    """FER2013 faces: ``images`` uint8 (N, 48, 48) grey; ``labels`` int64 (N,) in EMOTIONS order."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    ferplus_votes: np.ndarray | None
+    filenames: np.ndarray
+
+
+class UtkData(NamedTuple):
+    """UTKFace faces: ``images`` uint8 (N, S, S, 3) RGB; age in years, gender 0 male 1 female, race 0-4."""
+
+    images: np.ndarray
+    age: np.ndarray
+    gender: np.ndarray
+    race: np.ndarray
+    filenames: np.ndarray
+
+
+def default_data_dir() -> Path:
+    """``$FACEBEAM_DATA`` if set, else ``../shared/data`` beside the repository."""
+    env = os.environ.get("FACEBEAM_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def load_fer(path: str | os.PathLike) -> FerData:
+    """Loads a FER2013 npz (``images``, ``labels``; ``ferplus_votes`` when present)."""
+    with np.load(path, allow_pickle=False) as d:
+        if "images" not in d.files or "labels" not in d.files:
+            raise ValueError(f"{path}: not a FER2013 npz (needs 'images' and 'labels', has {d.files})")
+        votes = d["ferplus_votes"] if "ferplus_votes" in d.files else None
+        names = d["filenames"] if "filenames" in d.files else np.arange(len(d["labels"])).astype(str)
+        return FerData(d["images"].astype(np.uint8), d["labels"].astype(np.int64), votes, names)
+
+
+def load_utkface(path: str | os.PathLike, size: int = 64) -> UtkData:
+    """Loads a UTKFace npz of concatenated JPEGs, decoded to RGB and resized to ``size`` square."""
+    with np.load(path, allow_pickle=False) as d:
+        needed = {"jpeg", "offsets", "age", "gender"}
+        if not needed <= set(d.files):
+            raise ValueError(f"{path}: not a UTKFace npz (needs {sorted(needed)}, has {d.files})")
+        jpeg, offsets = d["jpeg"], d["offsets"]
+        n = len(offsets) - 1
+        images = np.empty((n, size, size, 3), np.uint8)
+        for i in range(n):
+            bgr = cv2.imdecode(jpeg[offsets[i]:offsets[i + 1]], cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise ValueError(f"{path}: image {i} does not decode")
+            images[i] = cv2.cvtColor(cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA),
+                                     cv2.COLOR_BGR2RGB)
+        race = d["race"].astype(np.int64) if "race" in d.files else np.full(n, -1, np.int64)
+        names = d["filenames"] if "filenames" in d.files else np.arange(n).astype(str)
+        return UtkData(images, d["age"].astype(np.float32), d["gender"].astype(np.int64), race, names)
+
+
+def validation_mask(filenames: np.ndarray, fraction: float = 0.1) -> np.ndarray:
+    """True for the files held back for validation: a stable split by a hash of the file name."""
+    buckets = np.array(
+        [int.from_bytes(hashlib.sha256(str(f).encode()).digest()[:4], "big") % 10_000 for f in filenames]
+    )
+    return buckets < int(round(fraction * 10_000))
+
+
+def ferplus_soft_labels(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """FER+ crowd votes (N, 10) as soft labels (N, 7) in EMOTIONS order, and a mask of usable rows.
+
+    A row is usable when at least one vote falls on one of the 7 FER2013 classes.
+    """
+    soft = np.zeros((len(votes), len(EMOTIONS)), np.float32)
+    for col, cls in _FERPLUS_TO_FER.items():
+        soft[:, cls] = votes[:, col]
+    total = soft.sum(axis=1, keepdims=True)
+    usable = total[:, 0] > 0
+    soft[usable] /= total[usable]
+    return soft, usable
+
+
+def ferplus_not_a_face(votes: np.ndarray) -> np.ndarray:
+    """True where most FER+ annotators said the image is not a face."""
+    return votes[:, _FERPLUS_NOT_A_FACE] * 2 > votes.sum(axis=1)

@@ -1,0 +1,129 @@
+"""The Beam ModelHandler that owns the emotion and the age + gender Keras models.
+
+RunInference batches the faces; this handler loads both models once per worker (after checking
+their sha256) and applies them to a batch. Each example is a pair of fixed-shape arrays, one per
+model, already framed to the model's template: (emotion input, age-gender input).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterable, NamedTuple, Sequence
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from models.registry import ModelSpec, verify
+
+__all__ = ["FaceModels", "FaceAttributes", "FaceModelHandler"]
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FaceModels:
+    """The loaded models (a dataclass: Beam's shared-model cache needs a weak reference to it)."""
+
+    emotion: Any  # keras.Model
+    age_gender: Any  # keras.Model
+
+
+class FaceAttributes(NamedTuple):
+    """One face's model outputs: ``emotion`` float32 (7,) probabilities, ``age`` years, ``p_female``."""
+
+    emotion: np.ndarray
+    age: float
+    p_female: float
+
+
+def _set_tf_threads(threads: int) -> None:
+    import tensorflow as tf
+
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:  # TF already initialised in this process: keep its settings
+            pass
+
+
+class FaceModelHandler(ModelHandler[tuple, PredictionResult, FaceModels]):
+    """Emotion, age and gender for batches of framed face crops.
+
+    Args:
+      emotion: spec of the emotion model (input (S, S, 1) grey).
+      age_gender: spec of the age + gender model (input (S, S, 3) RGB).
+      min_batch_size / max_batch_size: RunInference's batching bounds.
+      flip_tta: average each prediction with that of the mirrored face.
+      large_model: share one copy of the models between the processes of a worker.
+      model_copies: how many copies to load when shared (e.g. one per GPU).
+      tf_threads: TensorFlow intra/inter-op threads per process (0: TF's default).
+    """
+
+    def __init__(self, emotion: ModelSpec, age_gender: ModelSpec, min_batch_size: int = 1,
+                 max_batch_size: int = 64, flip_tta: bool = False, large_model: bool = False,
+                 model_copies: int | None = None, tf_threads: int = 0):
+        super().__init__()
+        if emotion.task != "emotion" or age_gender.task != "age-gender":
+            raise ValueError("FaceModelHandler needs an emotion and an age-gender model spec")
+        self._emotion = emotion
+        self._age_gender = age_gender
+        self._batching = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
+        self._flip_tta = flip_tta
+        self._large_model = large_model
+        self._model_copies = model_copies
+        self._tf_threads = tf_threads
+
+    @property
+    def specs(self) -> tuple[ModelSpec, ModelSpec]:
+        return self._emotion, self._age_gender
+
+    def load_model(self) -> FaceModels:
+        _set_tf_threads(self._tf_threads)
+        import keras
+
+        models = []
+        for spec in self.specs:
+            verify(spec)
+            LOG.info("loading %s from %s", spec.tag, spec.path)
+            models.append(keras.models.load_model(spec.path, compile=False))
+        return FaceModels(*models)
+
+    def run_inference(self, batch: Sequence[tuple], model: FaceModels,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
+        # 1. stack the per-model inputs of the batch
+        x_emotion = np.stack([b[0] for b in batch]).astype(np.float32)
+        x_age = np.stack([b[1] for b in batch]).astype(np.float32)
+        if x_emotion.ndim == 3:
+            x_emotion = x_emotion[..., None]
+        # 2. run both models (mirrored too, with TTA)
+        emotion = np.asarray(model.emotion(x_emotion, training=False))
+        out = model.age_gender(x_age, training=False)
+        age, p_female = np.asarray(out["age"])[:, 0], np.asarray(out["gender"])[:, 0]
+        if self._flip_tta:
+            emotion = (emotion + np.asarray(model.emotion(x_emotion[:, :, ::-1], training=False))) / 2
+            flipped = model.age_gender(x_age[:, :, ::-1], training=False)
+            age = (age + np.asarray(flipped["age"])[:, 0]) / 2
+            p_female = (p_female + np.asarray(flipped["gender"])[:, 0]) / 2
+        # 3. one result per face
+        return [
+            PredictionResult(None, FaceAttributes(emotion[i].astype(np.float32), float(age[i]), float(p_female[i])),
+                             model_id=f"{self._emotion.tag}+{self._age_gender.tag}")
+            for i in range(len(batch))
+        ]
+
+    def get_num_bytes(self, batch: Sequence[tuple]) -> int:
+        return sum(b[0].nbytes + b[1].nbytes for b in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "facebeam"
+
+    def batch_elements_kwargs(self) -> dict[str, int]:
+        return dict(self._batching)
+
+    def share_model_across_processes(self) -> bool:
+        return self._large_model
+
+    def model_copies(self) -> int:
+        return self._model_copies or 1

@@ -1,0 +1,98 @@
+"""Keras networks for emotion (FER2013) and age + gender (UTKFace).
+
+Every network takes pixels in [0, 255] (float32) and rescales itself, so callers feed plain image
+arrays. Training-time augmentation layers live inside the model and are identity at inference.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+__all__ = ["emotion_net", "age_gender_net", "ARCHITECTURES"]
+
+ARCHITECTURES = ("vgg", "small", "resnet")
+
+
+def _augmentation(rotation: float, shift: float, zoom: float, contrast: float, seed: int) -> keras.Sequential:
+    """Random flip, rotation, shift and zoom (fractions of the image), as in the FER2013 literature."""
+    steps: list[layers.Layer] = [
+        layers.RandomFlip("horizontal", seed=seed),
+        layers.RandomRotation(rotation, fill_mode="nearest", seed=seed + 1),
+        layers.RandomTranslation(shift, shift, fill_mode="nearest", seed=seed + 2),
+        layers.RandomZoom(zoom, fill_mode="nearest", seed=seed + 3),
+    ]
+    if contrast:
+        steps.append(layers.RandomContrast(contrast, value_range=(0.0, 1.0), seed=seed + 4))
+    return keras.Sequential(steps, name="augment")
+
+
+def _conv_bn_relu(x, width: int, name: str):
+    x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _backbone(x, arch: str, widths: tuple[int, ...], first_block_convs: int = 2):
+    """VGG-style blocks (two 3x3 conv + BN + ReLU, then 2x2 max pool), or residual blocks."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
+    for b, width in enumerate(widths):
+        if arch == "resnet" and b > 0:
+            shortcut = layers.Conv2D(width, 1, use_bias=False, name=f"b{b}_proj")(x)
+            shortcut = layers.BatchNormalization(name=f"b{b}_proj_bn")(shortcut)
+            y = _conv_bn_relu(x, width, f"b{b}c0")
+            y = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"b{b}c1_conv")(y)
+            y = layers.BatchNormalization(name=f"b{b}c1_bn")(y)
+            x = layers.ReLU(name=f"b{b}_out")(layers.Add(name=f"b{b}_add")([shortcut, y]))
+        else:
+            n = 1 if arch == "small" else (first_block_convs if b == 0 else 2)
+            for c in range(n):
+                x = _conv_bn_relu(x, width, f"b{b}c{c}")
+        if b < len(widths) - 1:
+            x = layers.MaxPooling2D(2, name=f"b{b}_pool")(x)
+    return layers.GlobalAveragePooling2D(name="gap")(x)
+
+
+def emotion_net(
+    num_classes: int = 7,
+    input_size: int = 48,
+    arch: str = "vgg",
+    widths: tuple[int, ...] = (32, 64, 128, 256),
+    dropout: float = 0.4,
+    augment: bool = True,
+    seed: int = 0,
+) -> keras.Model:
+    """Emotion classifier: (N, S, S, 1) grey pixels in [0, 255] -> (N, num_classes) softmax."""
+    inputs = keras.Input((input_size, input_size, 1), name="face")
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    if augment:
+        x = _augmentation(rotation=0.05, shift=0.1, zoom=0.1, contrast=0.0, seed=seed)(x)
+    x = _backbone(x, arch, widths)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    x = layers.Dense(128, activation="relu", name="embedding")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="emotion")(x)
+    return keras.Model(inputs, outputs, name="emotion")
+
+
+def age_gender_net(
+    input_size: int = 64,
+    arch: str = "vgg",
+    widths: tuple[int, ...] = (32, 64, 128, 256),
+    dropout: float = 0.3,
+    augment: bool = True,
+    mean_age: float = 33.0,
+    seed: int = 0,
+) -> keras.Model:
+    """Age and gender: (N, S, S, 3) RGB pixels in [0, 255] -> {'age': (N, 1) years, 'gender': (N, 1) P(female)}."""
+    inputs = keras.Input((input_size, input_size, 3), name="face")
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    if augment:
+        x = _augmentation(rotation=0.05, shift=0.08, zoom=0.1, contrast=0.2, seed=seed)(x)
+    # A single conv in the first block: at 64x64 the first block dominates the cost.
+    x = _backbone(x, arch, widths, first_block_convs=1)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    x = layers.Dense(128, activation="relu", name="embedding")(x)
+    age = layers.Dense(1, bias_initializer=keras.initializers.Constant(mean_age), name="age")(x)
+    gender = layers.Dense(1, activation="sigmoid", name="gender")(x)
+    return keras.Model(inputs, {"age": age, "gender": gender}, name="age_gender")

@@ -1,0 +1,85 @@
+"""Model files and what the pipeline must know about them, verified by sha256 before loading.
+
+A model is a ``.keras`` file with a JSON sidecar of the same stem (written by ``models.train``):
+task, input shape, alignment template of its training data, classes, and the file's sha256.
+The shipped models' hashes are also pinned here, so a swapped file is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ModelSpec", "WEIGHTS_DIR", "SHIPPED", "resolve", "verify", "sha256_of", "ModelIntegrityError"]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+# sha256 of the shipped weights; each model card states the same value.
+SHIPPED: dict[str, str] = {}
+
+
+class ModelIntegrityError(RuntimeError):
+    """A model file whose content does not match its recorded sha256."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model file and its contract.
+
+    ``input_shape``: (side, side, channels) of the pixels it takes (float32 in [0, 255]);
+    ``template``: (eye_distance, eye_y) fractions of the side where its training faces had the eyes.
+    """
+
+    name: str
+    task: str
+    path: str
+    sha256: str
+    input_shape: tuple[int, int, int]
+    template: tuple[float, float]
+    classes: tuple[str, ...] = ()
+
+    @property
+    def tag(self) -> str:
+        """Name and short hash, as written into every output row."""
+        return f"{self.name}@{self.sha256[:12]}"
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve(name_or_path: str, task: str) -> ModelSpec:
+    """The spec of a shipped model (by name) or of a ``.keras`` file with its JSON sidecar."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = WEIGHTS_DIR / f"{name_or_path}.keras"
+    sidecar = path.with_suffix(".json")
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} not found")
+    if not sidecar.is_file():
+        raise FileNotFoundError(f"model {path} has no sidecar {sidecar.name} (written by 'facebeam train')")
+    meta = json.loads(sidecar.read_text())
+    if meta.get("task") != task:
+        raise ValueError(f"{path} is a {meta.get('task')!r} model, not {task!r}")
+    pinned = SHIPPED.get(path.stem) if path.parent.resolve() == WEIGHTS_DIR else None
+    if pinned and pinned != meta["sha256"]:
+        raise ModelIntegrityError(f"{sidecar} records sha256 {meta['sha256']}, facebeam ships {pinned}")
+    return ModelSpec(
+        name=path.stem, task=task, path=str(path), sha256=meta["sha256"],
+        input_shape=tuple(meta["input"]), template=tuple(meta["template"]), classes=tuple(meta.get("classes", ())),
+    )
+
+
+def verify(spec: ModelSpec) -> None:
+    """Raises ModelIntegrityError unless the file's sha256 is the recorded one."""
+    actual = sha256_of(spec.path)
+    if actual != spec.sha256:
+        raise ModelIntegrityError(
+            f"{spec.path}: sha256 {actual} does not match the recorded {spec.sha256}; refusing to load it")

@@ -1,0 +1,344 @@
+"""Training recipes for the emotion and the age + gender models, seeded and resumable.
+
+    python -m models.train emotion --epochs 14 --workdir runs/emotion --out models/weights
+    python -m models.train age-gender --epochs 12 --workdir runs/age_gender --out models/weights
+
+Each epoch is checkpointed in ``--workdir`` (weights, optimizer and schedule state), so a killed run
+started again with the same command resumes at the last finished epoch. The best epoch on the
+validation data is kept and written to ``--out`` with a JSON record of the recipe and its figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from models import data as fdata
+from models.labels import AGE_GROUPS, GENDERS, age_groups
+from models.metrics import classification_report
+
+LOG = logging.getLogger("facebeam.train")
+
+__all__ = ["main", "train_emotion", "train_age_gender", "sha256_of"]
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _set_threads(threads: int) -> None:
+    import tensorflow as tf
+
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+
+
+def _schedule(lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: float):
+    import keras
+
+    warmup = int(steps_per_epoch * warmup_epochs)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=lr / 10, decay_steps=max(steps_per_epoch * epochs - warmup, 1),
+        warmup_target=lr, warmup_steps=warmup, alpha=0.01)
+
+
+def _oversample(labels: np.ndarray, floor: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices that repeat each class up to ``floor`` x the largest class's count."""
+    counts = np.bincount(labels)
+    target = int(counts.max() * floor)
+    idx = [np.arange(len(labels))]
+    for c, n in enumerate(counts):
+        if 0 < n < target:
+            idx.append(rng.choice(np.flatnonzero(labels == c), target - n, replace=True))
+    return np.concatenate(idx)
+
+
+def _fit(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: str, mode: str, class_weight=None):
+    import keras
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    best = workdir / "best.keras"
+    history_path = workdir / "history.csv"
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(workdir / "backup")),
+        keras.callbacks.ModelCheckpoint(str(best), monitor=monitor, mode=mode, save_best_only=True),
+        keras.callbacks.CSVLogger(str(history_path), append=True),
+    ]
+    start = time.time()
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
+              class_weight=class_weight, verbose=2)
+    return best, time.time() - start
+
+
+def _history(workdir: Path) -> list[dict]:
+    import csv
+
+    path = workdir / "history.csv"
+    if not path.exists():
+        return []
+    rows: dict[int, dict] = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            if row.get("epoch", "epoch") == "epoch":
+                continue
+            rows[int(row["epoch"])] = {k: float(v) for k, v in row.items() if v not in ("", None)}
+    return [rows[k] for k in sorted(rows)]
+
+
+def _write_outputs(model_path: Path, out: Path, name: str, record: dict) -> Path:
+    """Copies the model to ``out/name.keras`` with its sidecar ``out/name.json`` (record + sha256)."""
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"{name}.keras"
+    shutil.copyfile(model_path, target)
+    record["sha256"] = sha256_of(target)
+    record["bytes"] = target.stat().st_size
+    (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    LOG.info("wrote %s (sha256 %s)", target, record["sha256"])
+    return target
+
+
+def emotion_predict(model, images: np.ndarray, tta: bool, batch_size: int = 256) -> np.ndarray:
+    """Softmax (N, C) for uint8 (N, 48, 48) faces; with ``tta``, averaged with the mirrored faces."""
+    x = images[..., None].astype(np.float32)
+    probs = model.predict(x, batch_size=batch_size, verbose=0)
+    if tta:
+        probs = (probs + model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0)) / 2
+    return probs
+
+
+def train_emotion(args: argparse.Namespace) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from models.networks import emotion_net
+
+    keras.utils.set_random_seed(args.seed)
+    data_dir = Path(args.data_dir)
+    train = fdata.load_fer(data_dir / "fer2013" / "fer2013_Training.npz")
+    test = fdata.load_fer(data_dir / "fer2013" / "fer2013_PublicTest.npz")
+    classes, mapping = fdata.LABEL_SETS[args.label_set]
+    mapping = np.array(mapping)
+    rng = np.random.default_rng(args.seed)
+
+    def targets(d: fdata.FerData, soft: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(images, target distributions over ``classes``, mask of kept rows)."""
+        y = mapping[d.labels]
+        keep = y >= 0
+        if args.clean and d.ferplus_votes is not None:
+            keep &= ~fdata.ferplus_not_a_face(d.ferplus_votes)
+        if soft and d.ferplus_votes is not None:
+            fer_soft, usable = fdata.ferplus_soft_labels(d.ferplus_votes)
+            t = np.zeros((len(y), len(classes)), np.float32)
+            for src, dst in enumerate(mapping):
+                if dst >= 0:
+                    t[:, dst] += fer_soft[:, src]
+            total = t.sum(1, keepdims=True)
+            usable &= total[:, 0] > 0
+            t[usable] /= total[usable]
+            # Rows without usable votes fall back to the FER2013 label.
+            t[~usable] = np.eye(len(classes), dtype=np.float32)[np.maximum(y[~usable], 0)]
+        else:
+            t = np.eye(len(classes), dtype=np.float32)[np.maximum(y, 0)]
+        return d.images[keep], t[keep], y[keep]
+
+    x_tr, t_tr, y_tr = targets(train, args.soft_labels)
+    x_te, t_te, y_te = targets(test, False)
+    if args.limit:
+        x_tr, t_tr, y_tr = x_tr[:args.limit], t_tr[:args.limit], y_tr[:args.limit]
+        x_te, t_te, y_te = x_te[:args.limit], t_te[:args.limit], y_te[:args.limit]
+    if args.oversample:
+        idx = _oversample(y_tr, args.oversample, rng)
+        x_tr, t_tr, y_tr = x_tr[idx], t_tr[idx], y_tr[idx]
+    class_weight = None
+    if args.class_weight:
+        counts = np.bincount(y_tr, minlength=len(classes))
+        class_weight = {i: float(len(y_tr) / (len(classes) * max(c, 1))) for i, c in enumerate(counts)}
+
+    def dataset(x, t, shuffle):
+        ds = tf.data.Dataset.from_tensor_slices((x[..., None], t))
+        if shuffle:
+            ds = ds.shuffle(len(x), seed=args.seed, reshuffle_each_iteration=True)
+        return ds.batch(args.batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b)).prefetch(2)
+
+    steps = int(np.ceil(len(x_tr) / args.batch_size))
+    model = emotion_net(num_classes=len(classes), arch=args.arch, widths=tuple(args.widths),
+                        dropout=args.dropout, augment=not args.no_augment, seed=args.seed)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(_schedule(args.lr, steps, args.epochs, 1.0),
+                                         weight_decay=args.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    LOG.info("emotion: %d train / %d test faces, %d params", len(x_tr), len(x_te), model.count_params())
+    best, seconds = _fit(model, dataset(x_tr, t_tr, True), dataset(x_te, t_te, False), args.epochs,
+                         Path(args.workdir), "val_accuracy", "max", class_weight)
+    model = keras.models.load_model(best)
+    report = classification_report(y_te, emotion_predict(model, x_te, tta=False), classes)
+    report_tta = classification_report(y_te, emotion_predict(model, x_te, tta=True), classes)
+    record = {
+        "task": "emotion", "classes": list(classes), "input": [48, 48, 1], "template": list(fdata.FER_TEMPLATE), "params": model.count_params(),
+        "command": args.command, "recipe": args.recipe, "train_faces": int(len(x_tr)),
+        "train_seconds_this_sitting": round(seconds, 1), "history": _history(Path(args.workdir)),
+        "public_test": report, "public_test_tta": report_tta,
+    }
+    _write_outputs(best, Path(args.out), args.name, record)
+    LOG.info("PublicTest accuracy %.4f (flip TTA %.4f)", report["accuracy"], report_tta["accuracy"])
+    return record
+
+
+def age_gender_report(age_true, gender_true, age_pred, p_female, race=None) -> dict:
+    """Age MAE, age-group accuracy, gender accuracy, overall and broken down by age band, gender and race."""
+    age_pred = np.asarray(age_pred, np.float64).ravel()
+    p_female = np.asarray(p_female, np.float64).ravel()
+    abs_err = np.abs(age_pred - age_true)
+    g_ok = (p_female >= 0.5).astype(int) == gender_true
+    grp_ok = age_groups(age_pred) == age_groups(age_true)
+
+    def summary(mask):
+        n = int(mask.sum())
+        if not n:
+            return {"n": 0}
+        return {"n": n, "age_mae": float(abs_err[mask].mean()), "gender_accuracy": float(g_ok[mask].mean()),
+                "age_group_accuracy": float(grp_ok[mask].mean())}
+
+    bands = age_groups(age_true)
+    out = summary(np.ones(len(abs_err), bool))
+    out["by_age_group"] = {g: summary(bands == i) for i, g in enumerate(AGE_GROUPS)}
+    out["by_gender"] = {g: summary(gender_true == i) for i, g in enumerate(GENDERS)}
+    if race is not None and (np.asarray(race) >= 0).any():
+        names = ("white", "black", "asian", "indian", "others")
+        out["by_race"] = {r: summary(np.asarray(race) == i) for i, r in enumerate(names)}
+    return out
+
+
+def age_gender_predict(model, images: np.ndarray, tta: bool = False, batch_size: int = 256):
+    """(age years (N,), P(female) (N,)) for uint8 RGB (N, S, S, 3) faces."""
+    x = images.astype(np.float32)
+    out = model.predict(x, batch_size=batch_size, verbose=0)
+    age, gender = out["age"][:, 0], out["gender"][:, 0]
+    if tta:
+        flipped = model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0)
+        age, gender = (age + flipped["age"][:, 0]) / 2, (gender + flipped["gender"][:, 0]) / 2
+    return age, gender
+
+
+def train_age_gender(args: argparse.Namespace) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from models.networks import age_gender_net
+
+    keras.utils.set_random_seed(args.seed)
+    utk = fdata.load_utkface(Path(args.data_dir) / "utkface" / "utkface_train.npz", size=args.size)
+    val = fdata.validation_mask(utk.filenames)
+    tr = np.flatnonzero(~val)
+    va = np.flatnonzero(val)
+    if args.limit:
+        tr, va = tr[:args.limit], va[:args.limit]
+
+    def dataset(idx, shuffle):
+        ds = tf.data.Dataset.from_tensor_slices(
+            (utk.images[idx], {"age": utk.age[idx, None], "gender": utk.gender[idx, None].astype(np.float32)}))
+        if shuffle:
+            ds = ds.shuffle(len(idx), seed=args.seed, reshuffle_each_iteration=True)
+        return ds.batch(args.batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b)).prefetch(2)
+
+    steps = int(np.ceil(len(tr) / args.batch_size))
+    model = age_gender_net(input_size=args.size, arch=args.arch, widths=tuple(args.widths),
+                           dropout=args.dropout, augment=not args.no_augment,
+                           mean_age=float(utk.age[tr].mean()), seed=args.seed)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(_schedule(args.lr, steps, args.epochs, 1.0),
+                                         weight_decay=args.weight_decay),
+        # Huber on years (L1 beyond 5 years), weighted so both heads contribute gradients of similar size.
+        loss={"age": keras.losses.Huber(delta=5.0), "gender": keras.losses.BinaryCrossentropy()},
+        loss_weights={"age": args.age_loss_weight, "gender": 1.0},
+        metrics={"age": [keras.metrics.MeanAbsoluteError(name="mae")],
+                 "gender": [keras.metrics.BinaryAccuracy(name="accuracy")]},
+    )
+    LOG.info("age-gender: %d train / %d validation faces, %d params", len(tr), len(va), model.count_params())
+    best, seconds = _fit(model, dataset(tr, True), dataset(va, False), args.epochs, Path(args.workdir),
+                         "val_loss", "min")
+    model = keras.models.load_model(best)
+    age, p_female = age_gender_predict(model, utk.images[va])
+    age_t, p_t = age_gender_predict(model, utk.images[va], tta=True)
+    record = {
+        "task": "age-gender", "input": [args.size, args.size, 3], "template": list(fdata.UTK_TEMPLATE), "params": model.count_params(),
+        "command": args.command, "recipe": args.recipe, "train_faces": int(len(tr)),
+        "train_seconds_this_sitting": round(seconds, 1), "history": _history(Path(args.workdir)),
+        "validation": age_gender_report(utk.age[va], utk.gender[va], age, p_female, utk.race[va]),
+        "validation_tta": age_gender_report(utk.age[va], utk.gender[va], age_t, p_t, utk.race[va]),
+    }
+    _write_outputs(best, Path(args.out), args.name, record)
+    LOG.info("validation age MAE %.2f, gender %.4f", record["validation"]["age_mae"],
+             record["validation"]["gender_accuracy"])
+    return record
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="facebeam train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="task", required=True)
+    for task, defaults in (
+        ("emotion", dict(epochs=14, lr=2e-3, dropout=0.4, name="emotion", widths=[32, 64, 128, 256])),
+        ("age-gender", dict(epochs=12, lr=2e-3, dropout=0.3, name="age_gender", widths=[32, 64, 128, 256])),
+    ):
+        s = sub.add_parser(task, help=f"train the {task} model")
+        s.add_argument("--data_dir", default=str(fdata.default_data_dir()), help="folder holding fer2013/ and utkface/")
+        s.add_argument("--workdir", default=f"runs/{defaults['name']}", help="checkpoints; rerun to resume")
+        s.add_argument("--out", default="models/weights", help="where the best model and its record go")
+        s.add_argument("--name", default=defaults["name"], help="file name (without .keras) of the model")
+        s.add_argument("--epochs", type=int, default=defaults["epochs"], help="epochs in the schedule")
+        s.add_argument("--batch_size", type=int, default=128, help="training batch size")
+        s.add_argument("--lr", type=float, default=defaults["lr"], help="peak learning rate (AdamW, cosine)")
+        s.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
+        s.add_argument("--dropout", type=float, default=defaults["dropout"], help="dropout before the head")
+        s.add_argument("--arch", default="vgg", choices=("vgg", "small", "resnet"), help="backbone")
+        s.add_argument("--widths", type=int, nargs="+", default=defaults["widths"], help="filters per block")
+        s.add_argument("--no_augment", action="store_true", help="train without augmentation")
+        s.add_argument("--seed", type=int, default=1, help="random seed (data order, init, augmentation)")
+        s.add_argument("--threads", type=int, default=0, help="TF intra-op threads (0: all cores)")
+        s.add_argument("--limit", type=int, default=0, help="use only the first N faces (smoke runs)")
+        if task == "emotion":
+            s.add_argument("--label_set", default="7", choices=sorted(fdata.LABEL_SETS), help="7, 6 or 5 classes")
+            s.add_argument("--class_weight", action="store_true", help="weight the loss by inverse class frequency")
+            s.add_argument("--oversample", type=float, default=0.0,
+                           help="repeat minority classes up to this fraction of the largest class")
+            s.add_argument("--clean", action="store_true", help="drop FER+ 'not a face' images")
+            s.add_argument("--soft_labels", action="store_true", help="train on FER+ vote distributions")
+            s.add_argument("--label_smoothing", type=float, default=0.0, help="label smoothing")
+        else:
+            s.add_argument("--size", type=int, default=64, help="input side in pixels")
+            s.add_argument("--age_loss_weight", type=float, default=0.05, help="weight of the age loss")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.command = "python -m models.train " + shlex.join(argv)
+    args.recipe = {k: v for k, v in vars(args).items() if k not in ("command", "data_dir", "workdir", "out")}
+    _set_threads(args.threads)
+    (train_emotion if args.task == "emotion" else train_age_gender)(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

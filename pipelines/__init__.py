@@ -1,0 +1,1 @@
+"""Entry points of facebeam: the analyze pipeline, its summary, and the command line."""

@@ -1,0 +1,167 @@
+"""facebeam analyze: images and videos in, one Parquet row per face out.
+
+    python -m pipelines.analyze --input photos/ --input 'clips/*.mp4' --output out/
+
+ReadSources -> DetectFaces -> PredictAttributes -> WriteResults. Every flag not listed by
+``--help`` goes to Beam (``--runner``, ``--direct_num_workers``, ...). Without ``--runner`` the
+pipeline runs on Beam's in-process FnApiRunner, which works offline.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import sys
+import uuid
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from models.handler import FaceModelHandler
+from models.registry import resolve
+from transforms.faces import DETECTORS, DetectFaces, DetectOptions, make_detector
+from transforms.inference import PredictAttributes
+from transforms.sinks import RunInfo, WriteResults
+from transforms.sources import ReadOptions, ReadSources, expand_inputs
+
+__all__ = ["AnalyzeOptions", "run", "build", "main", "build_argv"]
+
+LOG = logging.getLogger("facebeam")
+
+DEFAULT_RUNNER = "FnApiRunner"
+# Runners known to lose data silently: refused, with the reason.
+_REFUSED_RUNNERS = {
+    "daskrunner": "Beam's DaskRunner drops what DoFns emit in finish_bundle (the last batch of each "
+                  "partition, whole Parquet files) while reporting success. Use the local default, "
+                  "--runner=PortableRunner (Flink), or --runner=DataflowRunner instead.",
+}
+OUTPUT_PREFIXES = ("faces-", "sources-")
+
+
+class AnalyzeOptions(PipelineOptions):
+    """facebeam's own flags; every other flag is Beam's."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        g = parser.add_argument_group("facebeam analyze")
+        g.add_argument("--input", action="append", default=None,
+                       help="file, directory (recursive), glob pattern or FileSystems URI; repeatable")
+        g.add_argument("--output", default=None, help="output directory (local path or URI) for the Parquet tables")
+        g.add_argument("--overwrite", action="store_true", default=False,
+                       help="replace the tables of an earlier run in --output")
+        g.add_argument("--detector", default="mtcnn", choices=DETECTORS, help="face detector (haar is faster)")
+        g.add_argument("--min_face_size", type=float, default=20.0,
+                       help="smallest face side to report, in pixels of the original image")
+        g.add_argument("--min_confidence", type=float, default=0.9, help="smallest MTCNN score to report")
+        g.add_argument("--detect_max_side", type=int, default=1920,
+                       help="images bigger than this are detected on a downscaled copy (0: never)")
+        g.add_argument("--max_pixels", type=int, default=100_000_000,
+                       help="images declaring more pixels are refused before decoding")
+        g.add_argument("--video_fps", type=float, default=1.0, help="video frames sampled per second (0: all)")
+        g.add_argument("--max_frames_per_video", type=int, default=0, help="cap on sampled frames per video (0: none)")
+        g.add_argument("--video_chunk_seconds", type=float, default=60.0,
+                       help="videos are split into ranges of this length, decoded in parallel")
+        g.add_argument("--emotion_model", default="emotion_v1", help="shipped model name or .keras path")
+        g.add_argument("--age_gender_model", default="age_gender_v1", help="shipped model name or .keras path")
+        g.add_argument("--min_batch_size", type=int, default=1, help="smallest RunInference batch")
+        g.add_argument("--max_batch_size", type=int, default=64, help="largest RunInference batch")
+        g.add_argument("--flip_tta", action="store_true", default=False,
+                       help="average predictions with the mirrored face (twice the model cost)")
+        g.add_argument("--large_model", action="store_true", default=False,
+                       help="share one copy of the models between the processes of a worker")
+        g.add_argument("--model_copies", type=int, default=None, help="model copies per worker with --large_model")
+        g.add_argument("--tf_threads", type=int, default=0, help="TensorFlow threads per process (0: default)")
+        g.add_argument("--num_shards", type=int, default=0, help="Parquet files per table (0: runner decides)")
+        g.add_argument("--run_id", default=None, help="identifier written into every row (default: time + random)")
+
+
+def build_argv(argv: list[str]) -> list[str]:
+    """Drops a literal '--' (Beam would then ignore --runner) and sets the offline default runner."""
+    argv = [a for a in argv if a != "--"]
+    if not any(a == "--runner" or a.startswith("--runner=") for a in argv):
+        argv.append(f"--runner={DEFAULT_RUNNER}")
+    return argv
+
+
+def _check_runner(opts: PipelineOptions) -> None:
+    runner = str(opts.view_as(StandardOptions).runner or "")
+    reason = _REFUSED_RUNNERS.get(runner.rsplit(".", 1)[-1].lower())
+    if reason:
+        raise ValueError(f"--runner={runner} is not supported: {reason}")
+
+
+def _prepare_output(output: str, overwrite: bool) -> str:
+    """Absolute output location; refuses to mix with an earlier run unless ``overwrite``."""
+    if FileSystems.get_scheme(output) is None:
+        output = os.path.abspath(output)
+        os.makedirs(output, exist_ok=True)
+    existing = [m.path for prefix in OUTPUT_PREFIXES
+                for m in FileSystems.match([FileSystems.join(output, f"{prefix}*.parquet")])[0].metadata_list]
+    if existing and not overwrite:
+        raise ValueError(f"{output} already holds a run ({len(existing)} Parquet files); "
+                         "pass --overwrite to replace it or choose another --output")
+    if existing:
+        FileSystems.delete(existing)
+    return output
+
+
+def run(argv: list[str] | None = None, test_pipeline=None):
+    """Builds and runs the pipeline; returns (PipelineResult or None, absolute output location)."""
+    argv = build_argv(list(sys.argv[1:] if argv is None else argv))
+    opts = PipelineOptions(argv)
+    a = opts.view_as(AnalyzeOptions)
+    if not a.input:
+        raise ValueError("give at least one --input (file, directory, glob or URI)")
+    if not a.output:
+        raise ValueError("give --output, the directory for the Parquet tables")
+    _check_runner(opts)
+    patterns = expand_inputs(a.input)
+    output = _prepare_output(a.output, a.overwrite)
+    emotion = resolve(a.emotion_model, "emotion")
+    age_gender = resolve(a.age_gender_model, "age-gender")
+    handler = FaceModelHandler(emotion, age_gender, a.min_batch_size, a.max_batch_size, a.flip_tta,
+                               a.large_model, a.model_copies, a.tf_threads)
+    run_id = a.run_id or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    run_info = RunInfo(run_id, emotion.tag, age_gender.tag)
+    read_options = ReadOptions(a.video_fps, a.max_frames_per_video, a.video_chunk_seconds, a.max_pixels)
+    detect_options = DetectOptions(a.detector, a.min_face_size, a.min_confidence, a.detect_max_side)
+
+    pipeline = test_pipeline or beam.Pipeline(options=opts)
+    with pipeline as p:
+        build(p, patterns, output, handler, run_info, read_options, detect_options, num_shards=a.num_shards)
+    return getattr(pipeline, "result", None), output
+
+
+def build(p, patterns, output: str, handler, run_info: RunInfo, read_options: ReadOptions = ReadOptions(),
+          detect_options: DetectOptions = DetectOptions(), detector_factory=make_detector, num_shards: int = 0):
+    """Wires ReadSources -> DetectFaces -> PredictAttributes -> WriteResults into pipeline ``p``.
+
+    Returns the PCollections of the written file names (faces, sources).
+    """
+    read = p | "ReadSources" >> ReadSources(patterns, read_options)
+    faces, detect_errors = read.frames | "DetectFaces" >> DetectFaces(detect_options, detector_factory)
+    predicted, inference_errors = faces | "PredictAttributes" >> PredictAttributes(handler)
+    errors = (read.errors, detect_errors, inference_errors) | "AllErrors" >> beam.Flatten()
+    return (read.files, read.frame_counts, predicted, errors) | "WriteResults" >> WriteResults(
+        output, run_info, num_shards)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the pipeline and prints a summary; exit status 0 when the run completed."""
+    from pipelines.summary import format_summary, summarize
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    try:
+        _, output = run(argv)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"facebeam analyze: error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(summarize(output), output))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Glue shared by the transforms: counters, and dead-letter records turned into ErrorRecords."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms.records import ErrorRecord
+
+__all__ = ["NAMESPACE", "count", "DeadLettersToErrors", "source_uris_of"]
+
+NAMESPACE = "facebeam"
+
+
+def count(name: str, n: int = 1) -> None:
+    """Adds ``n`` to the pipeline counter ``facebeam/<name>``."""
+    Metrics.counter(NAMESPACE, name).inc(n)
+
+
+def source_uris_of(element) -> list[str]:
+    """The source URIs an element (a record, a (key, value) pair, or a batch of them) belongs to."""
+    for attr in ("source_uri", "uri"):
+        if isinstance(getattr(element, attr, None), str):
+            return [getattr(element, attr)]
+    if isinstance(element, tuple) and element:
+        return source_uris_of(element[0])
+    if isinstance(element, list):
+        return sorted({uri for item in element for uri in source_uris_of(item)})
+    return ["<unknown>"]
+
+
+def _error_message(info) -> str:
+    # Beam's dead letters hold (exception type, repr(exception), traceback lines).
+    if isinstance(info, tuple) and len(info) >= 2:
+        exc_type, exc_repr = info[0], info[1]
+        name = getattr(exc_type, "__name__", str(exc_type))
+        text = str(exc_repr)
+        if text.startswith(f"{name}(") and text.endswith(")"):
+            text = text[len(name) + 1:-1].strip("'\"")
+        return f"{name}: {text}"
+    return str(info)
+
+
+class DeadLettersToErrors(beam.PTransform):
+    """Beam's ``with_exception_handling`` dead letters -> ErrorRecord(source_uri, stage, error)."""
+
+    def __init__(self, stage: str):
+        super().__init__()
+        self._stage = stage
+
+    def expand(self, pcoll):
+        stage = self._stage
+
+        def convert(bad):
+            element, info = bad
+            count(f"errors_{stage}")
+            # A failed batch (inference) fails every source that had a face in it.
+            return [ErrorRecord(uri, stage, _error_message(info)) for uri in source_uris_of(element)]
+
+        return pcoll | "ToError" >> beam.FlatMap(convert)

@@ -1,0 +1,159 @@
+"""DetectFaces: frames -> aligned face crops (MTCNN by default, OpenCV Haar as the fast option)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, NamedTuple
+
+import apache_beam as beam
+import numpy as np
+
+from transforms import imaging
+from transforms.common import DeadLettersToErrors, count
+from transforms.records import FaceCrop, Frame
+
+__all__ = ["DetectOptions", "DetectFaces", "Detection", "DETECTORS", "make_detector"]
+
+LOG = logging.getLogger(__name__)
+
+DETECTORS = ("mtcnn", "haar")
+
+
+class DetectOptions(NamedTuple):
+    """``min_face_size``: smallest face side kept, in original pixels; ``min_confidence``: MTCNN score
+    below which faces are dropped; ``max_side``: longest side the detector sees (bigger frames are
+    detected on a downscaled copy, 0 = never)."""
+
+    detector: str = "mtcnn"
+    min_face_size: float = 20.0
+    min_confidence: float = 0.9
+    max_side: int = 1920
+
+
+class Detection(NamedTuple):
+    """A face in detector coordinates: box [x1, y1, x2, y2], score (None for Haar), landmarks (5, 2) or None."""
+
+    box: np.ndarray
+    score: float | None
+    landmarks: np.ndarray | None
+
+
+class _Mtcnn:
+    # MTCNN's smallest face at its default settings (12 px PNet window at min_face_size 20).
+    min_face = 20.0
+
+    def __init__(self):
+        from mtcnn import MTCNN
+
+        self._net = MTCNN(stages="face_and_landmarks_detection", device="CPU:0")
+
+    def __call__(self, rgb: np.ndarray) -> list[Detection]:
+        # min_face_size stays at its default 20: mtcnn 1.0 returns nothing for values >= ~30;
+        # bigger minimum sizes are served by shrinking the image instead (imaging.detection_scale).
+        found = self._net.detect_faces(rgb, box_format="xyxy")
+        out = []
+        for f in found:
+            k = f["keypoints"]
+            marks = np.array([k[n] for n in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")], np.float64)
+            out.append(Detection(np.asarray(f["box"], np.float64), float(f["confidence"]), marks))
+        return out
+
+
+class _Haar:
+    min_face = 20.0
+
+    def __init__(self):
+        import cv2
+
+        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+        self._cascade = cv2.CascadeClassifier(path)
+        if self._cascade.empty():
+            raise RuntimeError(f"cannot load the Haar cascade {path} (OpenCV 4 ships it; OpenCV 5 does not)")
+
+    def __call__(self, rgb: np.ndarray) -> list[Detection]:
+        import cv2
+
+        grey = cv2.equalizeHist(imaging.to_grey(rgb))
+        rects = self._cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5,
+                                               minSize=(int(self.min_face), int(self.min_face)))
+        return [Detection(np.array([x, y, x + w, y + h], np.float64), None, None) for x, y, w, h in rects]
+
+
+def make_detector(name: str):
+    """A callable RGB image -> list[Detection] for ``name`` in DETECTORS."""
+    if name == "mtcnn":
+        return _Mtcnn()
+    if name == "haar":
+        return _Haar()
+    raise ValueError(f"unknown detector {name!r}; choose one of {DETECTORS}")
+
+
+def faces_in_frame(frame: Frame, detector, options: DetectOptions) -> list[FaceCrop]:
+    """Detects, filters, orders (left to right) and aligns the faces of one frame."""
+    h, w = frame.image.shape[:2]
+    # 1. detect on a copy scaled so that min_face_size lands on the detector's own minimum
+    scale = imaging.detection_scale(w, h, options.min_face_size, options.max_side, detector.min_face)
+    found = detector(imaging.resize_by(frame.image, scale))
+    # 2. back to original coordinates, drop small and unsure faces
+    kept = []
+    for d in found:
+        box = d.box / scale
+        marks = None if d.landmarks is None else d.landmarks / scale
+        if min(box[2] - box[0], box[3] - box[1]) < options.min_face_size:
+            continue
+        if d.score is not None and d.score < options.min_confidence:
+            continue
+        kept.append((box, d.score, marks))
+    kept.sort(key=lambda k: (round(float(k[0][0]), 1), round(float(k[0][1]), 1)))
+    # 3. align each face by its eyes (estimated from the box when the detector gives no landmarks)
+    crops = []
+    for i, (box, score, marks) in enumerate(kept):
+        eyes = marks[:2] if marks is not None else imaging.box_eyes(box, options.detector)
+        crops.append(FaceCrop(
+            source_uri=frame.source_uri, source_type=frame.source_type, frame_index=frame.frame_index,
+            timestamp_s=frame.timestamp_s, face_index=i, box=tuple(float(v) for v in box),
+            image_width=w, image_height=h, detector=options.detector, confidence=score,
+            landmarks=None if marks is None else tuple(float(v) for v in marks.ravel()),
+            crop=imaging.align_face(frame.image, eyes),
+        ))
+    return crops
+
+
+class _DetectFacesFn(beam.DoFn):
+    def __init__(self, options: DetectOptions, factory: Callable[[str], Callable]):
+        self._options = options
+        self._factory = factory
+        self._detector = None
+
+    def setup(self):
+        # The detector's network loads here, once per worker process, never at pipeline construction.
+        self._detector = self._factory(self._options.detector)
+
+    def process(self, frame: Frame):
+        crops = faces_in_frame(frame, self._detector, self._options)
+        count("faces_detected", len(crops))
+        if not crops:
+            count("frames_without_faces")
+        yield from crops
+
+
+class DetectFaces(beam.PTransform):
+    """Frame -> (FaceCrop per face, ErrorRecord per failed frame).
+
+    ``factory`` builds the detector from its name inside each worker (default: ``make_detector``).
+    """
+
+    def __init__(self, options: DetectOptions = DetectOptions(), factory: Callable[[str], Callable] = make_detector):
+        super().__init__()
+        if options.detector not in DETECTORS:
+            raise ValueError(f"unknown detector {options.detector!r}; choose one of {DETECTORS}")
+        self._options = options
+        self._factory = factory
+
+    def expand(self, frames):
+        fn = _DetectFacesFn(self._options, self._factory)
+        result = frames | "Detect" >> beam.ParDo(fn).with_exception_handling(
+            main_tag="faces", dead_letter_tag="errors")
+        faces = result.faces | "SpreadFaces" >> beam.Reshuffle()
+        errors = result.errors | "DetectErrors" >> DeadLettersToErrors("detect")
+        return faces, errors

@@ -1,0 +1,194 @@
+"""Pure image helpers (numpy + OpenCV): decoding, scaling, boxes, face alignment and crops.
+
+No Beam and no TensorFlow here. Images are RGB uint8 arrays of shape (H, W, 3); boxes are
+``[x1, y1, x2, y2]`` float pixels; landmarks are (5, 2) float pixels in MTCNN's order
+(left eye, right eye, nose, mouth left, mouth right), "left" meaning the left of the picture.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "ImageError",
+    "AlignTemplate",
+    "CANONICAL",
+    "CANONICAL_SIZE",
+    "EMOTION_TEMPLATE",
+    "AGE_GENDER_TEMPLATE",
+    "decode_image",
+    "probe_image_size",
+    "detection_scale",
+    "resize_by",
+    "box_eyes",
+    "align_matrix",
+    "align_face",
+    "retarget",
+    "to_grey",
+]
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; the message says why."""
+
+
+class AlignTemplate(NamedTuple):
+    """Where the eyes sit in an aligned square crop, as fractions of its side.
+
+    ``eye_distance``: distance between the eye centres; ``eye_y``: height of the eye line;
+    the eye midpoint is centred horizontally.
+    """
+
+    eye_distance: float
+    eye_y: float
+
+
+# Templates measured with MTCNN's eye landmarks on the training data (median over ~300 faces each):
+# FER2013 PublicTest (48x48, upscaled 4x): eye distance 0.368, eye line 0.385;
+# UTKFace aligned crops (128x128): eye distance 0.391, eye line 0.289.
+EMOTION_TEMPLATE = AlignTemplate(eye_distance=0.368, eye_y=0.385)
+AGE_GENDER_TEMPLATE = AlignTemplate(eye_distance=0.391, eye_y=0.289)
+# The crop handed between transforms: wider than both model templates so each can be cut from it.
+CANONICAL = AlignTemplate(eye_distance=0.30, eye_y=0.40)
+CANONICAL_SIZE = 128
+
+# Eye positions inside a detector's box when it gives no landmarks, as fractions of the box:
+# (eye midpoint x, eye midpoint y, eye distance / box width). MTCNN's boxes measure (0.51, 0.34, 0.47)
+# on the training data; Haar's frontal-face boxes are looser around the face.
+BOX_EYES = {"mtcnn": (0.506, 0.34, 0.47), "haar": (0.5, 0.38, 0.40)}
+
+_JPEG_SOI = b"\xff\xd8"
+_JPEG_EOI = b"\xff\xd9"
+
+
+def probe_image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read from the header without decoding pixels, or None if unknown."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return im.size
+        except Image.DecompressionBombError as e:
+            raise ImageError(f"image too large to decode safely: {e}") from None
+        except Exception:  # unknown to Pillow: OpenCV decides below
+            return None
+
+
+def decode_image(data: bytes, max_pixels: int = 100_000_000) -> np.ndarray:
+    """Decodes image bytes to RGB uint8 (H, W, 3), upright per EXIF.
+
+    Grey, palette, alpha, 16-bit and CMYK inputs are converted. Raises ImageError for empty,
+    truncated, oversized or non-image data, before decoding pixels where the header tells.
+    """
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    size = probe_image_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ImageError(
+            f"image of {size[0]}x{size[1]} pixels exceeds --max_pixels={max_pixels}; raise the limit to read it")
+    if data.startswith(_JPEG_SOI) and _JPEG_EOI not in data[-64:]:
+        # libjpeg decodes a cut-off JPEG into a half-grey picture with only a warning.
+        raise ImageError("truncated JPEG (no end-of-image marker)")
+    # IMREAD_COLOR applies the EXIF orientation and converts grey/alpha/16-bit/CMYK/palette to 8-bit BGR.
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        kind = "corrupt or truncated image" if size is not None else "not an image in a supported format"
+        raise ImageError(f"{kind}: the decoder could not read it")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def detection_scale(width: int, height: int, min_face_size: float, max_side: int, detector_min_face: float = 20.0) -> float:
+    """Scale at which to run the detector.
+
+    Faces of ``min_face_size`` original pixels land on the detector's own minimum
+    (``detector_min_face``): bigger minimums shrink the image (faster), smaller ones enlarge it.
+    The longest side is capped at ``max_side`` (0: no cap).
+    """
+    scale = detector_min_face / max(float(min_face_size), 1.0)
+    if max_side and max(width, height) * scale > max_side:
+        scale = max_side / max(width, height)
+    return scale
+
+
+def resize_by(image: np.ndarray, scale: float) -> np.ndarray:
+    """The image scaled by ``scale`` (area interpolation when shrinking)."""
+    if scale == 1.0:
+        return image
+    h, w = image.shape[:2]
+    size = (max(int(round(w * scale)), 1), max(int(round(h * scale)), 1))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
+def box_eyes(box: np.ndarray, detector: str) -> np.ndarray:
+    """Estimated (2, 2) eye centres for a ``[x1, y1, x2, y2]`` box when a detector gives no landmarks."""
+    mx, my, dist = BOX_EYES.get(detector, BOX_EYES["haar"])
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    cx, cy, half = x1 + mx * w, y1 + my * h, dist * w / 2
+    return np.array([[cx - half, cy], [cx + half, cy]], np.float64)
+
+
+def align_matrix(left_eye, right_eye, size: int, template: AlignTemplate) -> np.ndarray:
+    """2x3 similarity transform taking the eyes to the template's positions in a ``size`` square."""
+    src = np.array([left_eye, right_eye], np.float64)
+    dst = np.array([
+        [size * (0.5 - template.eye_distance / 2), size * template.eye_y],
+        [size * (0.5 + template.eye_distance / 2), size * template.eye_y],
+    ])
+    # Similarity from two point pairs in complex form: z' = a z + b.
+    zs, zd = src[:, 0] + 1j * src[:, 1], dst[:, 0] + 1j * dst[:, 1]
+    if abs(zs[1] - zs[0]) < 1e-6:
+        raise ValueError("eye positions coincide; cannot align")
+    a = (zd[1] - zd[0]) / (zs[1] - zs[0])
+    b = zd[0] - a * zs[0]
+    return np.array([[a.real, -a.imag, b.real], [a.imag, a.real, b.imag]])
+
+
+def align_face(image: np.ndarray, eyes: np.ndarray, size: int = CANONICAL_SIZE,
+               template: AlignTemplate = CANONICAL) -> np.ndarray:
+    """Upright face crop (size, size, C) with the eyes at the template's positions."""
+    return _warp(image, align_matrix(eyes[0], eyes[1], size, template), size)
+
+
+def retarget(crop: np.ndarray, size: int, template: AlignTemplate, source: AlignTemplate = CANONICAL) -> np.ndarray:
+    """Re-frames an aligned crop made with ``source`` to ``template`` at ``size`` pixels."""
+    n = crop.shape[0]
+    eyes = np.array([
+        [n * (0.5 - source.eye_distance / 2), n * source.eye_y],
+        [n * (0.5 + source.eye_distance / 2), n * source.eye_y],
+    ])
+    return _warp(crop, align_matrix(eyes[0], eyes[1], size, template), size)
+
+
+def _warp(image: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
+    """warpAffine into a ``size`` square; when shrinking, the covered region is first area-averaged.
+
+    Bilinear sampling alone aliases when a big face shrinks several times into a small crop.
+    """
+    scale = float(np.hypot(m[0, 0], m[1, 0]))
+    if scale < 0.75:
+        inv = cv2.invertAffineTransform(m)
+        corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64) @ inv.T
+        h, w = image.shape[:2]
+        x0, y0 = np.maximum(np.floor(corners.min(0)).astype(int) - 2, 0)
+        x1, y1 = np.minimum(np.ceil(corners.max(0)).astype(int) + 2, [w, h])
+        if x1 - x0 >= 2 and y1 - y0 >= 2:
+            region = image[y0:y1, x0:x1]
+            small = cv2.resize(region, (max(int(round((x1 - x0) * scale)), 1), max(int(round((y1 - y0) * scale)), 1)),
+                               interpolation=cv2.INTER_AREA)
+            sx, sy = small.shape[1] / region.shape[1], small.shape[0] / region.shape[0]
+            m = np.column_stack([m[:, 0] / sx, m[:, 1] / sy, m @ np.array([x0, y0, 1.0])])
+            image = small
+    return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def to_grey(rgb: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 luminance of an RGB image (ITU-R BT.601 weights, as FER2013's grey images)."""
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)

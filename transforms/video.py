@@ -1,0 +1,108 @@
+"""Video helpers (OpenCV, no Beam): probing, frame sampling and splitting into frame ranges.
+
+Frame ``i`` of a stream at ``fps`` frames/s sits at ``i / fps`` seconds. Sampling at ``rate``
+frames/s keeps the first frame of each ``1 / rate`` interval, so the choice of a frame depends on
+its index alone and a video split into ranges samples exactly the frames of the whole.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, NamedTuple
+
+import cv2
+import numpy as np
+
+__all__ = ["VideoError", "VideoInfo", "probe_video", "sample_slot", "is_sampled", "split_ranges", "read_frames"]
+
+# Frame rate assumed when a container reports none (OpenCV gives 0 or NaN for some streams).
+DEFAULT_FPS = 25.0
+
+
+class VideoError(ValueError):
+    """A file that cannot be read as a video; the message says why."""
+
+
+class VideoInfo(NamedTuple):
+    fps: float
+    frame_count: int  # 0 when the container does not say
+    width: int
+    height: int
+
+
+def _open(path: str) -> cv2.VideoCapture:
+    cap = cv2.VideoCapture(path)
+    if not cap.isOpened():
+        cap.release()
+        raise VideoError("cannot open as a video (not a video, truncated, or an unsupported codec)")
+    return cap
+
+
+def probe_video(path: str) -> VideoInfo:
+    """Frame rate, frame count and size; raises VideoError if no frame decodes."""
+    cap = _open(path)
+    try:
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        fps = fps if fps and math.isfinite(fps) and 0 < fps < 1000 else DEFAULT_FPS
+        count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        count = int(count) if count and math.isfinite(count) and count > 0 else 0
+        ok, frame = cap.read()
+        if not ok or frame is None:
+            raise VideoError("video has no decodable frames")
+        return VideoInfo(float(fps), count, frame.shape[1], frame.shape[0])
+    finally:
+        cap.release()
+
+
+def sample_slot(index: int, fps: float, rate: float) -> int:
+    """The sampling interval (0, 1, 2, ...) frame ``index`` falls in; every frame when rate <= 0."""
+    if rate <= 0 or rate >= fps:
+        return index
+    # The small epsilon keeps exact multiples (e.g. frame 25 at 25 fps, 1/s) in their own interval.
+    return int(math.floor(index * rate / fps + 1e-9))
+
+
+def is_sampled(index: int, fps: float, rate: float) -> bool:
+    """True for the first frame of each sampling interval."""
+    return index == 0 or sample_slot(index, fps, rate) != sample_slot(index - 1, fps, rate)
+
+
+def split_ranges(frame_count: int, chunk_frames: int) -> list[tuple[int, int | None]]:
+    """``[start, end)`` frame ranges of at most ``chunk_frames``; one open range when the count is unknown."""
+    if frame_count <= 0 or chunk_frames <= 0 or frame_count <= chunk_frames:
+        return [(0, None)]
+    return [(s, min(s + chunk_frames, frame_count)) for s in range(0, frame_count, chunk_frames)]
+
+
+def read_frames(path: str, fps: float, rate: float, max_frames: int, start: int = 0,
+                end: int | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
+    """Yields (frame index, timestamp s, RGB uint8 frame) for the sampled frames in ``[start, end)``.
+
+    Frames are decoded one at a time; ``max_frames`` (0: no limit) caps the sampled frames of the
+    whole video, counted from its start, so ranges honour it too.
+    """
+    cap = _open(path)
+    try:
+        index = 0
+        if start > 0:
+            # Seek, and trust it only if the decoder lands exactly; otherwise walk from the start.
+            if cap.set(cv2.CAP_PROP_POS_FRAMES, start) and int(cap.get(cv2.CAP_PROP_POS_FRAMES)) == start:
+                index = start
+            else:
+                cap.release()
+                cap = _open(path)
+        while end is None or index < end:
+            if max_frames and sample_slot(index, fps, rate) >= max_frames:
+                return
+            wanted = index >= start and is_sampled(index, fps, rate)
+            ok = cap.grab()
+            if not ok:
+                return
+            if wanted:
+                ok, bgr = cap.retrieve()
+                if not ok or bgr is None:
+                    raise VideoError(f"frame {index} does not decode")
+                yield index, index / fps, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            index += 1
+    finally:
+        cap.release()
