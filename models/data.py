@@ -87,24 +87,30 @@ def load_fer(path: str | os.PathLike) -> FerData:
         return FerData(d["images"].astype(np.uint8), d["labels"].astype(np.int64), votes, names)
 
 
-def load_utkface(path: str | os.PathLike, size: int = 64) -> UtkData:
-    """Loads a UTKFace npz of concatenated JPEGs, decoded to RGB and resized to ``size`` square."""
+def load_utkface(path: str | os.PathLike, size: int = 64, validation: bool | None = None) -> UtkData:
+    """Loads a UTKFace npz of concatenated JPEGs, decoded to RGB and resized to ``size`` square.
+
+    ``validation``: None for every face, True / False for only the held-back / training faces
+    of ``validation_mask``.
+    """
     with np.load(path, allow_pickle=False) as d:
         needed = {"jpeg", "offsets", "age", "gender"}
         if not needed <= set(d.files):
             raise ValueError(f"{path}: not a UTKFace npz (needs {sorted(needed)}, has {d.files})")
         jpeg, offsets = d["jpeg"], d["offsets"]
         n = len(offsets) - 1
-        images = np.empty((n, size, size, 3), np.uint8)
-        for i in range(n):
+        names = d["filenames"] if "filenames" in d.files else np.arange(n).astype(str)
+        keep = np.arange(n) if validation is None else np.flatnonzero(validation_mask(names) == validation)
+        images = np.empty((len(keep), size, size, 3), np.uint8)
+        for j, i in enumerate(keep):
             bgr = cv2.imdecode(jpeg[offsets[i]:offsets[i + 1]], cv2.IMREAD_COLOR)
             if bgr is None:
                 raise ValueError(f"{path}: image {i} does not decode")
-            images[i] = cv2.cvtColor(cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA),
+            images[j] = cv2.cvtColor(cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA),
                                      cv2.COLOR_BGR2RGB)
-        race = d["race"].astype(np.int64) if "race" in d.files else np.full(n, -1, np.int64)
-        names = d["filenames"] if "filenames" in d.files else np.arange(n).astype(str)
-        return UtkData(images, d["age"].astype(np.float32), d["gender"].astype(np.int64), race, names)
+        race = d["race"].astype(np.int64)[keep] if "race" in d.files else np.full(len(keep), -1, np.int64)
+        return UtkData(images, d["age"].astype(np.float32)[keep], d["gender"].astype(np.int64)[keep], race,
+                       names[keep])
 
 
 def validation_mask(filenames: np.ndarray, fraction: float = 0.1) -> np.ndarray:

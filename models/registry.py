@@ -18,7 +18,10 @@ __all__ = ["ModelSpec", "WEIGHTS_DIR", "SHIPPED", "resolve", "verify", "sha256_o
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 # sha256 of the shipped weights; each model card states the same value.
-SHIPPED: dict[str, str] = {}
+SHIPPED: dict[str, str] = {
+    "emotion_v1": "9a5b0c535c75b783058aefca183d99a48b449771396fa5f62de67640be79e4c6",
+    "age_gender_v1": "852270b8548ef51954fdbcbff751a8344e269fb6ed9077da4d9e5979f6cc3430",
+}
 
 
 class ModelIntegrityError(RuntimeError):

@@ -9,7 +9,9 @@ pipeline runs on Beam's in-process FnApiRunner, which works offline.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import glob
 import logging
 import os
 import sys
@@ -131,7 +133,16 @@ def run(argv: list[str] | None = None, test_pipeline=None):
     pipeline = test_pipeline or beam.Pipeline(options=opts)
     with pipeline as p:
         build(p, patterns, output, handler, run_info, read_options, detect_options, num_shards=a.num_shards)
+    _remove_empty_temp_dirs(output)
     return getattr(pipeline, "result", None), output
+
+
+def _remove_empty_temp_dirs(output: str) -> None:
+    """Beam's file sinks leave their emptied temp directories behind on local disks."""
+    if FileSystems.get_scheme(output) is None:
+        for path in glob.glob(os.path.join(output, "beam-temp-*")):
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
 
 
 def build(p, patterns, output: str, handler, run_info: RunInfo, read_options: ReadOptions = ReadOptions(),

@@ -1,0 +1,91 @@
+"""Tier 3: the real pipeline (MTCNN, shipped models) on the bundled examples, read back from Parquet."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from pipelines import cli
+from pipelines.summary import read_table
+from tests.conftest import EXAMPLES
+
+SOLVAY, OBAMA = "solvay_conference.jpg", "obama_family.jpg"
+CLIP = "head-pose-face-detection-female-and-male.gif"
+
+
+@pytest.fixture(scope="session")
+def e2e(tmp_path_factory):
+    """One run over the examples plus two broken files; returns (output dir, printed summary)."""
+    root = tmp_path_factory.mktemp("e2e")
+    inputs = root / "in"
+    shutil.copytree(EXAMPLES, inputs)
+    good = (inputs / "photos" / OBAMA).read_bytes()
+    (inputs / "photos" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (inputs / "photos" / "text.jpg").write_text("<html>not a photo</html>\n")
+    out = root / "out"
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = cli.main(["analyze", "--input", str(inputs), "--output", str(out), "--max_frames_per_video", "3"])
+    assert status == 0
+    return out, printed.getvalue()
+
+
+def _by_name(out: Path, table: str) -> dict[str, list[dict]]:
+    rows: dict[str, list[dict]] = {}
+    for r in read_table(str(out), table).to_pylist():
+        rows.setdefault(Path(r["source_uri"]).name, []).append(r)
+    return rows
+
+
+def test_group_photos(e2e):
+    faces = _by_name(e2e[0], "faces")
+    assert len(faces[SOLVAY]) >= 25  # 29 people in the 1927 photograph
+    assert len(faces[OBAMA]) == 4
+    for row in faces[OBAMA]:
+        assert 0 <= row["x1"] < row["x2"] <= row["image_width"] and 0 <= row["y1"] < row["y2"] <= row["image_height"]
+        assert row["detection_confidence"] >= 0.9 and len(row["landmarks"]) == 10
+        probs = [row[f"p_{e}"] for e in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")]
+        assert abs(sum(probs) - 1) < 1e-3 and row["emotion_confidence"] == pytest.approx(max(probs))
+        assert row["gender"] in ("male", "female") and 0.5 <= row["gender_confidence"] <= 1
+        assert 0 <= row["age"] < 100
+
+
+def test_clip_rows_have_increasing_timestamps(e2e):
+    sources = _by_name(e2e[0], "sources")
+    assert sources[CLIP][0]["status"] == "ok" and sources[CLIP][0]["frames"] == 3
+    faces = sorted(_by_name(e2e[0], "faces")[CLIP], key=lambda r: (r["frame_index"], r["face_index"]))
+    times = sorted({r["timestamp_s"] for r in faces})
+    assert len(times) >= 2 and times == sorted(times) and times[0] == 0.0
+    assert all(r["source_type"] == "video" and r["frame_index"] is not None for r in faces)
+
+
+def test_broken_files_are_errors_and_others_succeed(e2e):
+    sources = _by_name(e2e[0], "sources")
+    assert len(sources) == 5 and all(len(v) == 1 for v in sources.values())
+    assert sources["truncated.jpg"][0]["status"] == "error" and sources["truncated.jpg"][0]["stage"] == "decode"
+    assert sources["text.jpg"][0]["status"] == "error" and "not an image" in sources["text.jpg"][0]["error"]
+    assert {sources[n][0]["status"] for n in (SOLVAY, OBAMA, CLIP)} == {"ok"}
+    assert "error 2" in e2e[1] and "faces" in e2e[1]
+
+
+def test_output_reads_in_pyarrow_pandas_duckdb(e2e):
+    out = e2e[0]
+    frame = read_table(str(out), "faces").to_pandas()
+    counted = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/faces-*.parquet')").fetchall()[0][0]
+    assert counted == len(frame) > 0
+    by_status = dict(duckdb.sql(
+        f"SELECT status, count(*) FROM read_parquet('{out}/sources-*.parquet') GROUP BY status").fetchall())
+    assert by_status == {"ok": 3, "error": 2}
+    assert not list(out.glob("beam-temp-*")), "temporary files left behind"
+
+
+def test_rerun_into_same_output_is_refused(e2e, capsys):
+    status = cli.main(["analyze", "--input", str(EXAMPLES / "photos" / OBAMA), "--output", str(e2e[0])])
+    assert status == 2
+    assert "--overwrite" in capsys.readouterr().err

@@ -1,0 +1,76 @@
+"""Tier 3: the shipped models: integrity, the handler, and their figures on the labelled data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from models import data as fdata
+from models.labels import EMOTIONS
+from models.registry import SHIPPED, WEIGHTS_DIR, ModelIntegrityError, resolve, sha256_of, verify
+
+# The bars the shipped models must meet (README, model cards).
+EMOTION_MIN_ACCURACY = 0.60
+AGE_MAX_MAE = 8.0
+GENDER_MIN_ACCURACY = 0.85
+
+
+@pytest.mark.parametrize("name,task", [("emotion_v1", "emotion"), ("age_gender_v1", "age-gender")])
+def test_shipped_weights_match_pinned_sha256(name, task):
+    spec = resolve(name, task)
+    assert SHIPPED[name] == spec.sha256 == sha256_of(WEIGHTS_DIR / f"{name}.keras")
+    card = (WEIGHTS_DIR.parent / "cards" / f"{name}.md").read_text()
+    assert spec.sha256 in card
+
+
+def test_tampered_model_is_refused(tmp_path):
+    spec = resolve("emotion_v1", "emotion")
+    copy = tmp_path / "emotion_v1.keras"
+    shutil.copyfile(spec.path, copy)
+    (tmp_path / "emotion_v1.json").write_text((WEIGHTS_DIR / "emotion_v1.json").read_text())
+    with open(copy, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ModelIntegrityError, match="does not match"):
+        verify(resolve(str(copy), "emotion"))
+
+
+def test_wrong_task_is_refused():
+    with pytest.raises(ValueError, match="not 'age-gender'"):
+        resolve("emotion_v1", "age-gender")
+
+
+def test_handler_batches(loaded_models):
+    handler, models = loaded_models
+    rng = np.random.default_rng(0)
+    batch = [(rng.integers(0, 255, (48, 48), dtype=np.uint8), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+             for _ in range(5)]
+    results = list(handler.run_inference(batch, models))
+    assert len(results) == 5
+    for r in results:
+        assert r.inference.emotion.shape == (len(EMOTIONS),)
+        assert abs(float(r.inference.emotion.sum()) - 1) < 1e-4
+        assert 0 <= r.inference.p_female <= 1 and -5 < r.inference.age < 120
+    one = list(handler.run_inference(batch[:1], models))[0]
+    np.testing.assert_allclose(one.inference.emotion, results[0].inference.emotion, atol=1e-5)
+
+
+def test_emotion_accuracy_on_public_test(loaded_models, data_dir):
+    _, models = loaded_models
+    test = fdata.load_fer(data_dir / "fer2013" / "fer2013_PublicTest.npz")
+    probs = models.emotion.predict(test.images[..., None].astype(np.float32), batch_size=256, verbose=0)
+    accuracy = float((probs.argmax(1) == test.labels).mean())
+    card = json.loads((WEIGHTS_DIR / "emotion_v1.json").read_text())
+    assert accuracy >= EMOTION_MIN_ACCURACY
+    assert accuracy == pytest.approx(card["public_test"]["accuracy"], abs=0.002)
+
+
+def test_age_gender_on_validation_split(loaded_models, data_dir):
+    _, models = loaded_models
+    val = fdata.load_utkface(data_dir / "utkface" / "utkface_train.npz", size=64, validation=True)
+    out = models.age_gender.predict(val.images.astype(np.float32), batch_size=256, verbose=0)
+    mae = float(np.abs(out["age"][:, 0] - val.age).mean())
+    gender = float(((out["gender"][:, 0] >= 0.5) == val.gender).mean())
+    assert mae <= AGE_MAX_MAE and gender >= GENDER_MIN_ACCURACY
