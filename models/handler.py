@@ -23,10 +23,26 @@ LOG = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FaceModels:
-    """The loaded models (a dataclass: Beam's shared-model cache needs a weak reference to it)."""
+    """The loaded models (a dataclass: Beam's shared-model cache needs a weak reference to it).
+
+    ``predict`` is the only call the handler makes, so the models can also live in another process
+    behind Beam's multi-process proxy (``large_model``).
+    """
 
     emotion: Any  # keras.Model
     age_gender: Any  # keras.Model
+
+    def predict(self, x_emotion: np.ndarray, x_age: np.ndarray, flip_tta: bool = False):
+        """(emotion (N, 7), age (N,), P(female) (N,)) for float32 (N, S, S, 1) and (N, S, S, 3) pixels."""
+        emotion = np.asarray(self.emotion(x_emotion, training=False))
+        out = self.age_gender(x_age, training=False)
+        age, p_female = np.asarray(out["age"])[:, 0], np.asarray(out["gender"])[:, 0]
+        if flip_tta:
+            emotion = (emotion + np.asarray(self.emotion(x_emotion[:, :, ::-1], training=False))) / 2
+            flipped = self.age_gender(x_age[:, :, ::-1], training=False)
+            age = (age + np.asarray(flipped["age"])[:, 0]) / 2
+            p_female = (p_female + np.asarray(flipped["gender"])[:, 0]) / 2
+        return emotion, age, p_female
 
 
 class FaceAttributes(NamedTuple):
@@ -37,15 +53,18 @@ class FaceAttributes(NamedTuple):
     p_female: float
 
 
-def _set_tf_threads(threads: int) -> None:
+def _configure_tf(threads: int) -> None:
+    """Thread counts, and GPU memory grown on demand so several worker processes can share a GPU."""
     import tensorflow as tf
 
-    if threads:
-        try:
+    try:
+        if threads:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(threads)
-        except RuntimeError:  # TF already initialised in this process: keep its settings
-            pass
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:  # TF already initialised in this process: keep its settings
+        pass
 
 
 class FaceModelHandler(ModelHandler[tuple, PredictionResult, FaceModels]):
@@ -80,7 +99,7 @@ class FaceModelHandler(ModelHandler[tuple, PredictionResult, FaceModels]):
         return self._emotion, self._age_gender
 
     def load_model(self) -> FaceModels:
-        _set_tf_threads(self._tf_threads)
+        _configure_tf(self._tf_threads)
         import keras
 
         models = []
@@ -98,14 +117,7 @@ class FaceModelHandler(ModelHandler[tuple, PredictionResult, FaceModels]):
         if x_emotion.ndim == 3:
             x_emotion = x_emotion[..., None]
         # 2. run both models (mirrored too, with TTA)
-        emotion = np.asarray(model.emotion(x_emotion, training=False))
-        out = model.age_gender(x_age, training=False)
-        age, p_female = np.asarray(out["age"])[:, 0], np.asarray(out["gender"])[:, 0]
-        if self._flip_tta:
-            emotion = (emotion + np.asarray(model.emotion(x_emotion[:, :, ::-1], training=False))) / 2
-            flipped = model.age_gender(x_age[:, :, ::-1], training=False)
-            age = (age + np.asarray(flipped["age"])[:, 0]) / 2
-            p_female = (p_female + np.asarray(flipped["gender"])[:, 0]) / 2
+        emotion, age, p_female = model.predict(x_emotion, x_age, self._flip_tta)
         # 3. one result per face
         return [
             PredictionResult(None, FaceAttributes(emotion[i].astype(np.float32), float(age[i]), float(p_female[i])),

@@ -19,7 +19,7 @@ import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from models.handler import FaceModelHandler
 from models.registry import resolve
@@ -120,7 +120,8 @@ def run(argv: list[str] | None = None, test_pipeline=None):
         raise ValueError("give --output, the directory for the Parquet tables")
     _check_runner(opts)
     patterns = expand_inputs(a.input)
-    output = _prepare_output(a.output, a.overwrite)
+    # A dry run (e.g. building a Dataflow job graph offline) reads and writes nothing.
+    output = a.output if opts.view_as(TestOptions).dry_run else _prepare_output(a.output, a.overwrite)
     emotion = resolve(a.emotion_model, "emotion")
     age_gender = resolve(a.age_gender_model, "age-gender")
     handler = FaceModelHandler(emotion, age_gender, a.min_batch_size, a.max_batch_size, a.flip_tta,
@@ -165,11 +166,15 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         _, output = run(argv)
     except (ValueError, FileNotFoundError) as e:
         print(f"facebeam analyze: error: {e}", file=sys.stderr)
         return 2
+    if PipelineOptions(build_argv(argv)).view_as(TestOptions).dry_run:
+        print("dry run: the job graph was built; nothing was read or written")
+        return 0
     print(format_summary(summarize(output), output))
     return 0
 

@@ -10,6 +10,9 @@ __all__ = ["main"]
 COMMANDS = {
     "analyze": ("pipelines.analyze", "run the pipeline over photos and videos, write Parquet"),
     "train": ("models.train", "train the emotion or the age-gender model"),
+    "live": ("pipelines.live", "real-time emotion, age and gender on a camera, file or stream"),
+    "report": ("pipelines.report", "self-contained HTML report of an output directory"),
+    "sql": ("pipelines.sql", "run SQL (DuckDB) over an output directory's tables"),
 }
 
 

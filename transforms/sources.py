@@ -14,6 +14,7 @@ import tempfile
 from typing import Iterable, NamedTuple
 
 import apache_beam as beam
+from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import imaging, video
@@ -92,21 +93,12 @@ def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, bool]]:
     return patterns
 
 
-def _to_source_files(matched: Iterable, from_directory: bool) -> Iterable[SourceFile]:
-    for meta in matched:
-        kind = source_type_of(meta.path)
-        if kind is None and from_directory:
-            continue  # a directory asks for its media; other files there are not inputs
-        yield SourceFile(meta.path, kind or "unknown", int(meta.size_in_bytes))
-
-
-class _MatchFn(beam.DoFn):
-    """(pattern, is_directory) -> SourceFile for each matched file."""
-
-    def process(self, element):
-        pattern, is_dir = element
-        result = FileSystems.match([pattern])[0]
-        yield from _to_source_files(result.metadata_list, is_dir)
+def _to_source_file(meta, from_directory: bool) -> list[SourceFile]:
+    """A matched file as a SourceFile; a directory keeps only its media files."""
+    kind = source_type_of(meta.path)
+    if kind is None and from_directory:
+        return []  # a directory asks for its media; other files there are not inputs
+    return [SourceFile(meta.path, kind or "unknown", int(meta.size_in_bytes))]
 
 
 class _PlanTasksFn(beam.DoFn):
@@ -192,11 +184,21 @@ class ReadSources(beam.PTransform):
         self._options = options
 
     def expand(self, pbegin) -> ReadResult:
+        matched = []
+        for from_dir in (False, True):
+            patterns = [pattern for pattern, is_dir in self._patterns if is_dir == from_dir]
+            if patterns:
+                label = "Directories" if from_dir else "Patterns"
+                matched.append(
+                    pbegin
+                    | f"{label}" >> beam.Create(patterns)
+                    | f"Match{label}" >> fileio.MatchAll()
+                    | f"Files{label}" >> beam.FlatMap(_to_source_file, from_dir))
         files = (
-            pbegin
-            | "Patterns" >> beam.Create(self._patterns)
-            | "Match" >> beam.ParDo(_MatchFn())
+            matched
+            | "AllMatches" >> beam.Flatten()
             | "KeyByUri" >> beam.Map(lambda s: (s.uri, s))
+            # a file matched by two inputs is one input
             | "Dedupe" >> beam.CombinePerKey(lambda sources: next(iter(sources)))
             | "Values" >> beam.Values()
             | "SpreadFiles" >> beam.Reshuffle()

@@ -1,0 +1,132 @@
+"""Writes a model card (markdown) from a model's JSON sidecar.
+
+    python -m models.card emotion_v1 age_gender_v1
+
+The sidecar is what ``models.train`` recorded: recipe, exact command, history, figures, sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from models.registry import WEIGHTS_DIR
+
+__all__ = ["render", "main"]
+
+CARDS_DIR = Path(__file__).resolve().parent / "cards"
+
+_DATA = {
+    "emotion": (
+        "FER2013 (ICML 2013 representation-learning challenge): 48x48 grey faces labelled with 7 emotions. "
+        "Trained on the 28,709 Training faces; selected and reported on the 3,589 PublicTest faces. "
+        "FER+ crowd votes (Microsoft FERPlus, MIT licence) are used only by the optional cleaning and "
+        "soft-label recipes. Terms: FER2013 is distributed for research use; the weights are derived from it."
+    ),
+    "age-gender": (
+        "UTKFace (aligned and cropped faces with age, gender and race labels; non-commercial research use). "
+        "21,415 faces; a stable 10% validation split is held back by a hash of the file name "
+        "(`models.data.validation_mask`), the rest is trained on. Gender is UTKFace's binary label."
+    ),
+}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _history_table(history: list[dict], keys: list[str]) -> list[str]:
+    keys = [k for k in keys if history and k in history[0]]
+    lines = ["| epoch | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for h in history:
+        lines.append(f"| {int(h['epoch']) + 1} | " + " | ".join(f"{h[k]:.4f}" for k in keys) + " |")
+    return lines
+
+
+def _emotion_figures(rec: dict) -> list[str]:
+    plain, tta = rec["public_test"], rec["public_test_tta"]
+    lines = [
+        "## Figures (FER2013 PublicTest, 3,589 faces)", "",
+        "| measure | value | with flip TTA |", "|---|---|---|",
+        f"| accuracy | {_pct(plain['accuracy'])} | {_pct(tta['accuracy'])} |",
+        f"| macro F1 | {plain['macro_f1']:.3f} | {tta['macro_f1']:.3f} |",
+        f"| ECE (15 bins) | {plain['ece']:.3f} | {tta['ece']:.3f} |", "",
+        "| class | precision | recall | F1 | support |", "|---|---|---|---|---|",
+    ]
+    for name, c in plain["per_class"].items():
+        lines.append(f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
+    classes = list(plain["per_class"])
+    lines += ["", "Confusion (rows: true, columns: predicted):", "",
+              "| | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for name, row in zip(classes, plain["confusion"]):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    return lines
+
+
+def _age_gender_figures(rec: dict) -> list[str]:
+    v, t = rec["validation"], rec["validation_tta"]
+    lines = [
+        f"## Figures (UTKFace validation split, {v['n']} faces)", "",
+        "| measure | value | with flip TTA |", "|---|---|---|",
+        f"| age MAE (years) | {v['age_mae']:.2f} | {t['age_mae']:.2f} |",
+        f"| age-group accuracy | {_pct(v['age_group_accuracy'])} | {_pct(t['age_group_accuracy'])} |",
+        f"| gender accuracy | {_pct(v['gender_accuracy'])} | {_pct(t['gender_accuracy'])} |", "",
+        "Errors by group (the bias table):", "",
+        "| group | faces | age MAE | gender accuracy |", "|---|---|---|---|",
+    ]
+    for key in ("by_age_group", "by_gender", "by_race"):
+        for name, g in v.get(key, {}).items():
+            if g.get("n"):
+                lines.append(f"| {key[3:]} {name} | {g['n']} | {g['age_mae']:.2f} | {_pct(g['gender_accuracy'])} |")
+    return lines
+
+
+def render(name: str) -> str:
+    rec = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
+    task = rec["task"]
+    minutes = sum(1 for _ in rec.get("history", []))
+    lines = [
+        f"# Model card: {name}", "",
+        f"- Task: {'emotion (' + ', '.join(rec['classes']) + ')' if task == 'emotion' else 'age (years, regression) and gender (P(female))'}",
+        f"- File: `models/weights/{name}.keras` ({rec['bytes'] / 1e6:.1f} MB, {rec['params']:,} parameters)",
+        f"- sha256: `{rec['sha256']}`",
+        f"- Input: {rec['input'][0]}x{rec['input'][1]}x{rec['input'][2]} pixels in [0, 255], faces framed with the eyes "
+        f"{rec['template'][0]:.3f} of the side apart on a line {rec['template'][1]:.3f} from the top "
+        "(the median framing of the training data, measured with MTCNN's landmarks)",
+        "", "## Data", "", _DATA[task], "",
+        "## Recipe", "",
+        "```", rec["command"], "```", "",
+        "| setting | value |", "|---|---|",
+        *[f"| {k} | {v} |" for k, v in rec["recipe"].items()], "",
+        f"Epochs recorded: {minutes}. Time of the last sitting: {rec['train_seconds_this_sitting'] / 60:.0f} min "
+        "(2 CPU cores shared with a second training, 1 TensorFlow thread).", "",
+        *(_emotion_figures(rec) if task == "emotion" else _age_gender_figures(rec)), "",
+        "## Training history", "",
+        *_history_table(rec.get("history", []),
+                        ["accuracy", "val_accuracy", "loss", "val_loss"] if task == "emotion" else
+                        ["age_mae", "val_age_mae", "gender_accuracy", "val_gender_accuracy"]), "",
+        "## Limits", "",
+        ("FER2013 faces are low-resolution web images with noisy labels; expressions are posed or "
+         "spontaneous, mostly frontal. Disgust has ~10x fewer examples than happy, so its recall is the "
+         "weakest. Predictions on faces that are small, turned or occluded are less reliable."
+         if task == "emotion" else
+         "UTKFace is web-collected; ages over 80 and young children are rare, and the label set has two "
+         "genders. Apparent age, not true age, is what a face shows. Use the bias table above before "
+         "drawing conclusions about any group."),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = list(sys.argv[1:] if argv is None else argv) or ["emotion_v1", "age_gender_v1"]
+    CARDS_DIR.mkdir(exist_ok=True)
+    for name in names:
+        (CARDS_DIR / f"{name}.md").write_text(render(name))
+        print(CARDS_DIR / f"{name}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

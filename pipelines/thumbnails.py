@@ -1,0 +1,113 @@
+"""Small JPEG pictures of faces for reports: from the stored crop, or cut from the local source file.
+
+A face's own ``crop_jpeg`` is used when the output has one. Otherwise the box is cut from the
+source: an image file is decoded upright (as the pipeline decodes it), a video's frame is read at
+``frame_index``. Sources that are not readable local files give None (the report shows a
+placeholder), as does a picture whose size differs from the one recorded in the row, since the
+box would then point elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterable, NamedTuple
+
+import cv2
+import numpy as np
+
+from transforms import imaging, video
+
+__all__ = ["FaceRef", "face_box", "thumbnail_jpeg", "local_path", "read_picture", "face_thumbnails"]
+
+LOG = logging.getLogger(__name__)
+
+
+class FaceRef(NamedTuple):
+    """Where a face is: its source, the frame (None for images), the box ``[x1, y1, x2, y2]`` in
+    pixels of the upright picture of ``image_width`` x ``image_height``, and the stored JPEG crop if any."""
+
+    source_uri: str
+    source_type: str
+    frame_index: int | None
+    box: tuple[float, float, float, float]
+    image_width: int
+    image_height: int
+    crop_jpeg: bytes | None = None
+
+
+def face_box(box, width: int, height: int, margin: float = 0.15) -> tuple[int, int, int, int]:
+    """Integer ``(x1, y1, x2, y2)`` of ``box`` grown by ``margin`` of its size on each side, clamped
+    to a ``width`` x ``height`` picture; raises ValueError for a box with nothing inside the picture."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
+    left, top = max(int(np.floor(x1 - dx)), 0), max(int(np.floor(y1 - dy)), 0)
+    right, bottom = min(int(np.ceil(x2 + dx)), width), min(int(np.ceil(y2 + dy)), height)
+    if right <= left or bottom <= top:
+        raise ValueError(f"box {box} lies outside the {width}x{height} picture")
+    return left, top, right, bottom
+
+
+def thumbnail_jpeg(rgb: np.ndarray, size: int = 96, quality: int = 85) -> bytes:
+    """JPEG of an RGB uint8 (H, W, 3) picture scaled to fit ``size`` x ``size`` (never enlarged)."""
+    h, w = rgb.shape[:2]
+    scale = min(size / max(h, w), 1.0)
+    if scale < 1.0:
+        rgb = cv2.resize(rgb, (max(round(w * scale), 1), max(round(h * scale), 1)), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def local_path(uri: str) -> str | None:
+    """The local file of a URI (a path or ``file://``), or None for remote URIs and missing files."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    elif "://" in uri:
+        return None
+    return uri if os.path.isfile(uri) else None
+
+
+def read_picture(uri: str, source_type: str, frame_index: int | None) -> np.ndarray | None:
+    """The upright RGB uint8 (H, W, 3) image, or frame ``frame_index`` of a video; None if unreadable."""
+    path = local_path(uri)
+    if path is None:
+        return None
+    try:
+        if source_type == "image":
+            with open(path, "rb") as f:
+                return imaging.decode_image(f.read())
+        if source_type == "video" and frame_index is not None and frame_index >= 0:
+            frames = video.read_frames(path, 1.0, 0.0, 0, start=frame_index, end=frame_index + 1)
+            return next((rgb for _, _, rgb in frames), None)
+    except (OSError, ValueError) as e:  # ImageError and VideoError are ValueErrors
+        LOG.info("no picture from %s: %s", uri, e)
+    return None
+
+
+def face_thumbnails(faces: Iterable[FaceRef], size: int = 96) -> list[bytes | None]:
+    """A JPEG for each face, in order: its ``crop_jpeg``, else cut from its source, else None.
+
+    Faces are visited by source and frame so that each picture is decoded once and only one is
+    held at a time.
+    """
+    faces = list(faces)
+    out: list[bytes | None] = [f.crop_jpeg for f in faces]
+    todo = sorted((i for i, f in enumerate(faces) if f.crop_jpeg is None),
+                  key=lambda i: (faces[i].source_uri, faces[i].frame_index if faces[i].frame_index is not None else -1))
+    key, picture = None, None
+    for i in todo:
+        face = faces[i]
+        if (face.source_uri, face.frame_index) != key:
+            key = (face.source_uri, face.frame_index)
+            picture = read_picture(face.source_uri, face.source_type, face.frame_index)
+        if picture is None or picture.shape[:2] != (face.image_height, face.image_width):
+            continue
+        try:
+            x1, y1, x2, y2 = face_box(face.box, face.image_width, face.image_height)
+        except ValueError:
+            continue
+        out[i] = thumbnail_jpeg(picture[y1:y2, x1:x2], size)
+    return out

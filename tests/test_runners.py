@@ -1,0 +1,141 @@
+"""The same pipeline on other runners: local multi-process, Beam's portable runner with an external
+SDK worker pool (the protocol Flink and Dataflow use), and a Dataflow job graph built offline."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines import cli
+from pipelines.analyze import run
+from pipelines.summary import read_table
+from tests.conftest import EXAMPLES, ROOT
+
+INPUTS = [str(EXAMPLES / "photos" / "obama_family.jpg"), str(EXAMPLES / "clips")]
+COMMON = ["--max_frames_per_video", "2", "--video_chunk_seconds", "0.5"]
+
+
+def _rows(out: Path) -> list[dict]:
+    rows = read_table(str(out), "faces").to_pylist()
+    return sorted(rows, key=lambda r: (r["source_uri"], r["frame_index"] or 0, r["face_index"]))
+
+
+def _analyze(out: Path, *extra: str) -> list[dict]:
+    argv = [a for i in INPUTS for a in ("--input", i)] + ["--output", str(out), "--run_id", "r"] + COMMON
+    run(argv + list(extra))
+    return _rows(out)
+
+
+def _assert_same_rows(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        for key, value in x.items():
+            if isinstance(value, float):
+                assert y[key] == pytest.approx(value, abs=1e-4), key
+            elif key != "landmarks":
+                assert y[key] == value, key
+
+
+@pytest.fixture(scope="module")
+def local_rows(tmp_path_factory):
+    return _analyze(tmp_path_factory.mktemp("local"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"service exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="module")
+def portable_services(tmp_path_factory):
+    """Beam's job service and an external SDK worker pool, on loopback."""
+    job_port, worker_port = _free_port(), _free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    logs = tmp_path_factory.mktemp("services")
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "tests.loopback", "apache_beam.runners.portability.local_job_service_main",
+                          f"--port={job_port}"], cwd=ROOT, env=env, stdout=open(logs / "job.log", "w"),
+                         stderr=subprocess.STDOUT),
+        subprocess.Popen([sys.executable, "-m", "tests.loopback", "apache_beam.runners.worker.worker_pool_main",
+                          f"--service_port={worker_port}"], cwd=ROOT, env=env, stdout=open(logs / "pool.log", "w"),
+                         stderr=subprocess.STDOUT),
+    ]
+    try:
+        _wait_for_port(job_port, procs[0])
+        _wait_for_port(worker_port, procs[1])
+        yield job_port, worker_port
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_multi_processing_equals_in_process(local_rows, tmp_path):
+    rows = _analyze(tmp_path / "mp", "--direct_num_workers=2", "--direct_running_mode=multi_processing")
+    _assert_same_rows(local_rows, rows)
+
+
+def test_portable_runner_with_external_workers_equals_local(local_rows, portable_services, tmp_path):
+    job_port, worker_port = portable_services
+    rows = _analyze(tmp_path / "portable", "--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}",
+                    "--environment_type=EXTERNAL", f"--environment_config=localhost:{worker_port}")
+    _assert_same_rows(local_rows, rows)
+
+
+def test_model_shared_across_processes_equals_local(local_rows, tmp_path):
+    rows = _analyze(tmp_path / "shared", "--large_model", "--direct_num_workers=2",
+                    "--direct_running_mode=multi_processing")
+    _assert_same_rows(local_rows, rows)
+
+
+def test_split_video_equals_unsplit(local_rows, tmp_path):
+    # COMMON splits the clip into 0.5 s ranges; one range per video must give the same rows.
+    argv = [a for i in INPUTS for a in ("--input", i)] + ["--output", str(tmp_path), "--run_id", "r",
+                                                         "--max_frames_per_video", "2", "--video_chunk_seconds", "0"]
+    run(argv)
+    _assert_same_rows(local_rows, _rows(tmp_path))
+
+
+def test_dask_runner_is_refused(tmp_path, capsys):
+    status = cli.main(["analyze", "--input", INPUTS[0], "--output", str(tmp_path), "--runner=DaskRunner"])
+    err = capsys.readouterr().err
+    assert status == 2 and "DaskRunner" in err and "finish_bundle" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_dataflow_job_graph_builds_offline(tmp_path, monkeypatch):
+    pytest.importorskip("google.cloud.storage", reason="needs apache-beam[gcp]")
+    creds = tmp_path / "credentials.json"
+    creds.write_text('{"type": "authorized_user", "client_id": "x", "client_secret": "x", "refresh_token": "x"}')
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    result, _ = run(["--input", str(EXAMPLES), "--output", "gs://facebeam-example/out", "--runner=DataflowRunner",
+                     "--project=facebeam-example", "--region=us-central1", "--temp_location=gs://facebeam-example/tmp",
+                     "--setup_file", str(ROOT / "setup.py"), "--dry_run=True"])
+    names = {t.unique_name for t in result.job.proto_pipeline.components.transforms.values()}
+    for step in ("ReadSources/MatchDirectories", "ReadSources/SpreadFiles", "ReadSources/SpreadTasks",
+                 "ReadSources/Decode", "DetectFaces/Detect", "DetectFaces/SpreadFaces",
+                 "PredictAttributes/RunInference", "WriteResults/WriteFaces", "WriteResults/WriteSources"):
+        assert step in names, step

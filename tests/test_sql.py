@@ -1,0 +1,130 @@
+"""``facebeam sql``: DuckDB views over synthetic output directories, output formats and errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import cli, sql
+from tests.outputs import face, faces_table, source, write_output
+from transforms.sinks import FACES_SCHEMA
+
+PHOTO, CLIP = "/data/a/photo.jpg", "/data/b/clip.mp4"
+
+
+def _faces():
+    return [face(PHOTO, "happy", 0.9), face(PHOTO, "sad", 0.5, face_index=1),
+            face(CLIP, "surprise", 0.7, source_type="video", frame_index=0, timestamp_s=0.0),
+            face(CLIP, "surprise", 0.8, source_type="video", frame_index=10, timestamp_s=0.4)]
+
+
+def _sources():
+    return [source(PHOTO, "image", 2), source(CLIP, "video", 2, frames=2),
+            source("/data/b/broken.jpg", "image", 0, errors=(("decode", "truncated JPEG"),))]
+
+
+@pytest.fixture
+def output(tmp_path):
+    return write_output(tmp_path / "out", _faces(), _sources(), shards=2)
+
+
+def test_views_read_every_shard(output):
+    con = sql.connect(output)
+    assert sql.views(con) == ["faces", "sources"]
+    assert len(sql.table_files(str(output), "faces")) == 2
+    assert con.execute("SELECT count(*) FROM faces").fetchall() == [(4,)]
+    assert dict(con.execute("SELECT status, count(*) FROM sources GROUP BY ALL").fetchall()) == {"ok": 2, "error": 1}
+    assert sql.columns_of(con, "faces") == FACES_SCHEMA.names
+
+
+def test_tracks_view_only_when_its_files_exist(output, tmp_path):
+    with pytest.raises(duckdb.CatalogException):
+        sql.connect(output).execute("SELECT * FROM tracks")
+    tracks = pa.table({"source_uri": [CLIP], "track_id": pa.array([1], pa.int64()), "faces": [2]})
+    with_tracks = write_output(tmp_path / "tracked", _faces(), _sources(), tracks=tracks)
+    con = sql.connect(with_tracks)
+    assert sql.views(con) == ["faces", "sources", "tracks"]
+    assert con.execute("SELECT source_uri, track_id FROM tracks").fetchall() == [(CLIP, 1)]
+
+
+def test_optional_columns_in_some_shards_read_as_null_in_others(tmp_path):
+    out = tmp_path / "out"
+    rows = _faces()
+    write_output(out, faces_table(rows[:2], track_id=[7, 8], crop_jpeg=[b"\xff\xd8a", None]), _sources())
+    pq.write_table(faces_table(rows[2:]), out / "faces-00001-of-00002.parquet")
+    con = sql.connect(out)
+    got = con.execute("SELECT face_index, track_id, crop_jpeg FROM faces ORDER BY source_uri, face_index").fetchall()
+    assert got == [(0, 7, b"\xff\xd8a"), (1, 8, None), (0, None, None), (0, None, None)]
+
+
+def test_a_missing_table_is_an_empty_view_with_its_schema(tmp_path):
+    out = write_output(tmp_path / "out", None, [source("/x/empty.jpg", "image", 0)])
+    con = sql.connect(out)
+    assert sql.columns_of(con, "faces") == FACES_SCHEMA.names
+    assert con.execute("SELECT count(*) FROM faces JOIN sources USING (source_uri)").fetchall() == [(0,)]
+
+
+def test_directory_names_are_not_globs_or_partitions(tmp_path):
+    out = write_output(tmp_path / "year=2024" / "out [it's]*", _faces(), _sources())
+    write_output(tmp_path / "year=2024" / "out [it's]x", _faces(), _sources())  # would match as a glob
+    con = sql.connect(out)
+    assert con.execute("SELECT count(*) FROM faces").fetchall() == [(4,)]
+    assert "year" not in sql.columns_of(con, "faces")
+
+
+def test_main_prints_a_table(output, capsys):
+    query = "SELECT emotion, count(*) AS n FROM faces GROUP BY ALL ORDER BY n DESC, emotion"
+    assert sql.main([str(output), query]) == 0
+    out = capsys.readouterr().out
+    assert "emotion" in out and "surprise" in out and "│" in out
+
+
+def test_main_csv_and_json(output, capsys):
+    query = "SELECT source_uri, face_index, landmarks, NULL AS nothing FROM faces ORDER BY source_uri, face_index"
+    assert sql.main([str(output), query, "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["source_uri"], r["face_index"]) for r in rows] == [(PHOTO, "0"), (PHOTO, "1"), (CLIP, "0"), (CLIP, "0")]
+    assert json.loads(rows[0]["landmarks"]) == [float(i) for i in range(10)] and rows[0]["nothing"] == ""
+    assert sql.main([str(output), query, "--format", "json"]) == 0
+    objects = json.loads(capsys.readouterr().out)
+    assert len(objects) == 4 and objects[2]["source_uri"] == CLIP and objects[2]["nothing"] is None
+
+
+def test_values_become_plain_text():
+    rows = [(b"\x00\x01", float("nan"), [1, None], {"a": 2}, None)]
+    assert sql.to_json(["b", "f", "l", "s", "n"], rows) == (
+        '[\n{"b": "AAE=", "f": null, "l": [1, null], "s": {"a": 2}, "n": null}\n]\n')
+    assert sql.to_csv(["b", "l"], [(b"\x00\x01", [1.5])]) == 'b,l\nAAE=,[1.5]\n'
+    assert sql.to_json(["a"], []) == "[]\n"
+    assert sql.sql_string("it's") == "'it''s'"
+
+
+def test_cli_dispatches_to_sql(output, capsys):
+    assert cli.main(["sql", str(output), "SELECT count(*) AS n FROM sources", "--format", "csv"]) == 0
+    assert capsys.readouterr().out == "n\n3\n"
+    cli.main(["--help"])
+    usage = capsys.readouterr().out
+    assert "sql" in usage and "report" in usage
+
+
+@pytest.mark.parametrize("query", ["SELEC 1", "SELECT nope FROM faces", "SELECT * FROM tracks",
+                                   "SELECT CAST('x' AS INTEGER)", "  "])
+def test_a_bad_query_exits_2(output, query, capsys):
+    assert sql.main([str(output), query]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("facebeam sql: error: ") and captured.out == ""
+
+
+def test_a_directory_without_output_exits_2(tmp_path, capsys):
+    assert sql.main([str(tmp_path), "SELECT 1"]) == 2
+    assert "no faces-*.parquet or sources-*.parquet" in capsys.readouterr().err
+    assert sql.main([str(tmp_path / "missing"), "SELECT 1"]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError):
+        sql.connect(tmp_path)
