@@ -28,7 +28,7 @@ setup(
     ],
     extras_require={
         "gcp": ["apache-beam[gcp]==2.77.0"],
-        "test": ["pytest==9.2.0", "pandas==3.1.1"],
+        "test": ["pytest==9.2.0", "pandas==3.1.1", "apache-beam[gcp]==2.77.0", "pyyaml==6.0.3"],
     },
     entry_points={"console_scripts": ["facebeam=pipelines.cli:main"]},
 )

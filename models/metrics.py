@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["confusion", "classification_report", "expected_calibration_error", "reliability_bins"]
+from models.labels import AGE_GROUPS, GENDERS, age_groups
+
+__all__ = [
+    "confusion", "classification_report", "expected_calibration_error", "reliability_bins", "age_gender_report",
+]
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -54,3 +58,28 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int 
     mean_conf, acc, count = reliability_bins(y_true, probs, bins)
     used = count > 0
     return float(np.sum(count[used] * np.abs(acc[used] - mean_conf[used])) / max(count.sum(), 1))
+
+
+def age_gender_report(age_true, gender_true, age_pred, p_female, race=None) -> dict:
+    """Age MAE, age-group accuracy, gender accuracy, overall and broken down by age band, gender and race."""
+    age_pred = np.asarray(age_pred, np.float64).ravel()
+    p_female = np.asarray(p_female, np.float64).ravel()
+    abs_err = np.abs(age_pred - age_true)
+    g_ok = (p_female >= 0.5).astype(int) == gender_true
+    grp_ok = age_groups(age_pred) == age_groups(age_true)
+
+    def summary(mask):
+        n = int(mask.sum())
+        if not n:
+            return {"n": 0}
+        return {"n": n, "age_mae": float(abs_err[mask].mean()), "gender_accuracy": float(g_ok[mask].mean()),
+                "age_group_accuracy": float(grp_ok[mask].mean())}
+
+    bands = age_groups(age_true)
+    out = summary(np.ones(len(abs_err), bool))
+    out["by_age_group"] = {g: summary(bands == i) for i, g in enumerate(AGE_GROUPS)}
+    out["by_gender"] = {g: summary(gender_true == i) for i, g in enumerate(GENDERS)}
+    if race is not None and (np.asarray(race) >= 0).any():
+        names = ("white", "black", "asian", "indian", "others")
+        out["by_race"] = {r: summary(np.asarray(race) == i) for i, r in enumerate(names)}
+    return out

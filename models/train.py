@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from models import data as fdata
-from models.labels import AGE_GROUPS, GENDERS, age_groups
-from models.metrics import classification_report
+from models.metrics import age_gender_report, classification_report
 
 LOG = logging.getLogger("facebeam.train")
 
@@ -204,31 +203,6 @@ def train_emotion(args: argparse.Namespace) -> dict:
     _write_outputs(best, Path(args.out), args.name, record)
     LOG.info("PublicTest accuracy %.4f (flip TTA %.4f)", report["accuracy"], report_tta["accuracy"])
     return record
-
-
-def age_gender_report(age_true, gender_true, age_pred, p_female, race=None) -> dict:
-    """Age MAE, age-group accuracy, gender accuracy, overall and broken down by age band, gender and race."""
-    age_pred = np.asarray(age_pred, np.float64).ravel()
-    p_female = np.asarray(p_female, np.float64).ravel()
-    abs_err = np.abs(age_pred - age_true)
-    g_ok = (p_female >= 0.5).astype(int) == gender_true
-    grp_ok = age_groups(age_pred) == age_groups(age_true)
-
-    def summary(mask):
-        n = int(mask.sum())
-        if not n:
-            return {"n": 0}
-        return {"n": n, "age_mae": float(abs_err[mask].mean()), "gender_accuracy": float(g_ok[mask].mean()),
-                "age_group_accuracy": float(grp_ok[mask].mean())}
-
-    bands = age_groups(age_true)
-    out = summary(np.ones(len(abs_err), bool))
-    out["by_age_group"] = {g: summary(bands == i) for i, g in enumerate(AGE_GROUPS)}
-    out["by_gender"] = {g: summary(gender_true == i) for i, g in enumerate(GENDERS)}
-    if race is not None and (np.asarray(race) >= 0).any():
-        names = ("white", "black", "asian", "indian", "others")
-        out["by_race"] = {r: summary(np.asarray(race) == i) for i, r in enumerate(names)}
-    return out
 
 
 def age_gender_predict(model, images: np.ndarray, tta: bool = False, batch_size: int = 256):

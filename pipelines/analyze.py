@@ -23,9 +23,12 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from models.handler import FaceModelHandler
 from models.registry import resolve
+from transforms.annotate import Annotate
+from transforms.common import WithholdFailedSources
 from transforms.faces import DETECTORS, DetectFaces, DetectOptions, make_detector
 from transforms.inference import PredictAttributes
 from transforms.sinks import RunInfo, WriteResults
+from transforms.tracks import AssignTracks
 from transforms.sources import ReadOptions, ReadSources, expand_inputs
 
 __all__ = ["AnalyzeOptions", "run", "build", "main", "build_argv"]
@@ -39,7 +42,7 @@ _REFUSED_RUNNERS = {
                   "partition, whole Parquet files) while reporting success. Use the local default, "
                   "--runner=PortableRunner (Flink), or --runner=DataflowRunner instead.",
 }
-OUTPUT_PREFIXES = ("faces-", "sources-")
+OUTPUT_PREFIXES = ("faces-", "sources-", "tracks-")
 
 
 class AnalyzeOptions(PipelineOptions):
@@ -53,6 +56,11 @@ class AnalyzeOptions(PipelineOptions):
         g.add_argument("--output", default=None, help="output directory (local path or URI) for the Parquet tables")
         g.add_argument("--overwrite", action="store_true", default=False,
                        help="replace the tables of an earlier run in --output")
+        g.add_argument("--skip_existing", default=None, metavar="PREVIOUS_OUTPUT",
+                       help="output directory of an earlier run: files whose content (sha256) it analysed "
+                            "(ok or no_face) are not analysed again but reported as 'skipped' with that run's id")
+        g.add_argument("--fail_on_error", action="store_true", default=False,
+                       help="exit with status 1 when any input failed (after writing the tables and the summary)")
         g.add_argument("--detector", default="mtcnn", choices=DETECTORS, help="face detector (haar is faster)")
         g.add_argument("--min_face_size", type=float, default=20.0,
                        help="smallest face side to report, in pixels of the original image")
@@ -77,6 +85,10 @@ class AnalyzeOptions(PipelineOptions):
         g.add_argument("--tf_threads", type=int, default=0, help="TensorFlow threads per process (0: default)")
         g.add_argument("--num_shards", type=int, default=0, help="Parquet files per table (0: runner decides)")
         g.add_argument("--run_id", default=None, help="identifier written into every row (default: time + random)")
+        g.add_argument("--store_crops", action="store_true", default=False,
+                       help="keep each face's aligned crop as a small JPEG in the faces table (crop_jpeg)")
+        g.add_argument("--annotate", action="store_true", default=False,
+                       help="write copies of the inputs with boxes and labels drawn into OUTPUT/annotated/")
 
 
 def build_argv(argv: list[str]) -> list[str]:
@@ -120,6 +132,14 @@ def run(argv: list[str] | None = None, test_pipeline=None):
         raise ValueError("give --output, the directory for the Parquet tables")
     _check_runner(opts)
     patterns = expand_inputs(a.input)
+    known = None
+    if a.skip_existing:
+        from pipelines.summary import previous_contents
+
+        if os.path.abspath(a.skip_existing.rstrip("/")) == os.path.abspath(a.output.rstrip("/")):
+            raise ValueError("--skip_existing must name an earlier output, not --output itself: the skipped rows "
+                             "point to the earlier run's tables, which must stay where they are")
+        known = previous_contents(a.skip_existing)
     # A dry run (e.g. building a Dataflow job graph offline) reads and writes nothing.
     output = a.output if opts.view_as(TestOptions).dry_run else _prepare_output(a.output, a.overwrite)
     emotion = resolve(a.emotion_model, "emotion")
@@ -128,12 +148,13 @@ def run(argv: list[str] | None = None, test_pipeline=None):
                                a.large_model, a.model_copies, a.tf_threads)
     run_id = a.run_id or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     run_info = RunInfo(run_id, emotion.tag, age_gender.tag)
-    read_options = ReadOptions(a.video_fps, a.max_frames_per_video, a.video_chunk_seconds, a.max_pixels)
+    read_options = ReadOptions(a.video_fps, a.max_frames_per_video, a.video_chunk_seconds, a.max_pixels, known)
     detect_options = DetectOptions(a.detector, a.min_face_size, a.min_confidence, a.detect_max_side)
 
     pipeline = test_pipeline or beam.Pipeline(options=opts)
     with pipeline as p:
-        build(p, patterns, output, handler, run_info, read_options, detect_options, num_shards=a.num_shards)
+        build(p, patterns, output, handler, run_info, read_options, detect_options, num_shards=a.num_shards,
+              store_crops=a.store_crops, annotate=a.annotate)
     _remove_empty_temp_dirs(output)
     return getattr(pipeline, "result", None), output
 
@@ -147,21 +168,29 @@ def _remove_empty_temp_dirs(output: str) -> None:
 
 
 def build(p, patterns, output: str, handler, run_info: RunInfo, read_options: ReadOptions = ReadOptions(),
-          detect_options: DetectOptions = DetectOptions(), detector_factory=make_detector, num_shards: int = 0):
-    """Wires ReadSources -> DetectFaces -> PredictAttributes -> WriteResults into pipeline ``p``.
+          detect_options: DetectOptions = DetectOptions(), detector_factory=make_detector, num_shards: int = 0,
+          store_crops: bool = False, annotate: bool = False):
+    """Wires ReadSources -> DetectFaces -> PredictAttributes -> AssignTracks -> WriteResults into ``p``.
 
-    Returns the PCollections of the written file names (faces, sources).
+    Returns the PCollections of the written file names (faces, sources, tracks).
     """
     read = p | "ReadSources" >> ReadSources(patterns, read_options)
     faces, detect_errors = read.frames | "DetectFaces" >> DetectFaces(detect_options, detector_factory)
-    predicted, inference_errors = faces | "PredictAttributes" >> PredictAttributes(handler)
+    predicted, inference_errors = faces | "PredictAttributes" >> PredictAttributes(handler, store_crops)
+    tracked, tracks = predicted | "AssignTracks" >> AssignTracks(run_info.run_id)
     errors = (read.errors, detect_errors, inference_errors) | "AllErrors" >> beam.Flatten()
-    return (read.files, read.frame_counts, predicted, errors) | "WriteResults" >> WriteResults(
+    if annotate:
+        _ = (
+            (tracked, errors)
+            | "AnnotateOkSources" >> WithholdFailedSources(key=lambda fa: fa[0].source_uri)
+            | "Annotate" >> Annotate(output, read_options))
+    return (read.files, read.frame_counts, tracked, errors, tracks, read.contents) | "WriteResults" >> WriteResults(
         output, run_info, num_shards)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the pipeline and prints a summary; exit status 0 when the run completed."""
+    """Runs the pipeline and prints a summary; exit status 0 when the run completed, 1 with
+    ``--fail_on_error`` when any input failed, 2 for a configuration error."""
     from pipelines.summary import format_summary, summarize
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -175,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     if PipelineOptions(build_argv(argv)).view_as(TestOptions).dry_run:
         print("dry run: the job graph was built; nothing was read or written")
         return 0
-    print(format_summary(summarize(output), output))
+    summary = summarize(output)
+    print(format_summary(summary, output))
+    if summary["error"] and PipelineOptions(build_argv(argv)).view_as(AnalyzeOptions).fail_on_error:
+        print(f"facebeam analyze: {summary['error']} input(s) failed (--fail_on_error)", file=sys.stderr)
+        return 1
     return 0
 
 

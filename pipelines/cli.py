@@ -10,6 +10,7 @@ __all__ = ["main"]
 COMMANDS = {
     "analyze": ("pipelines.analyze", "run the pipeline over photos and videos, write Parquet"),
     "train": ("models.train", "train the emotion or the age-gender model"),
+    "evaluate": ("models.evaluate", "figures of a model on a FER2013 or UTKFace npz"),
     "live": ("pipelines.live", "real-time emotion, age and gender on a camera, file or stream"),
     "report": ("pipelines.report", "self-contained HTML report of an output directory"),
     "sql": ("pipelines.sql", "run SQL (DuckDB) over an output directory's tables"),

@@ -30,8 +30,9 @@ import cv2
 import numpy as np
 
 from models.handler import FaceAttributes, FaceModelHandler
-from models.labels import EMOTIONS, GENDERS, age_group
+from models.labels import EMOTIONS
 from models.registry import resolve
+from transforms import drawing
 from transforms.faces import DETECTORS, DetectOptions, faces_in_frame, make_detector
 from transforms.inference import model_inputs
 from transforms.records import FaceCrop, Frame
@@ -49,9 +50,6 @@ LOG = logging.getLogger("facebeam.live")
 
 WINDOW_TITLE = "facebeam live (q to quit)"
 # BGR colours of the overlay.
-_BOX_COLOUR = (0, 255, 0)
-_TEXT_COLOUR = (255, 255, 255)
-_LABEL_BACKGROUND = (40, 40, 40)
 
 
 class LiveOptions(NamedTuple):
@@ -315,29 +313,15 @@ class LiveAnalyzer:
 
 def label_text(track_id: int, attrs: FaceAttributes) -> str:
     """The text drawn over a face, e.g. ``#3 happy | 20-29 | female``."""
-    emotion = EMOTIONS[int(np.argmax(attrs.emotion))]
-    gender = GENDERS[1] if attrs.p_female >= 0.5 else GENDERS[0]
-    return f"#{track_id} {emotion} | {age_group(attrs.age)} | {gender}"
+    return drawing.label_text(attrs, track_id)
 
 
 def draw_faces(bgr: np.ndarray, faces: list[LiveFace], fps: float | None = None) -> np.ndarray:
     """Draws each face's box and label (and the fps, bottom left) onto BGR uint8 ``bgr`` in place; returns it."""
-    h, w = bgr.shape[:2]
-    font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1
     for f in faces:
-        x1, y1, x2, y2 = (int(round(v)) for v in f.face.box)
-        x1, x2 = max(0, min(x1, w - 1)), max(0, min(x2, w - 1))
-        y1, y2 = max(0, min(y1, h - 1)), max(0, min(y2, h - 1))
-        cv2.rectangle(bgr, (x1, y1), (x2, y2), _BOX_COLOUR, 2)
-        text = label_text(f.track_id, f.attrs)
-        (tw, th), base = cv2.getTextSize(text, font, scale, thick)
-        # Above the box when there is room, otherwise just inside its top edge; kept inside the frame.
-        top = y1 - th - base - 4 if y1 - th - base - 4 >= 0 else y1 + 2
-        left = max(0, min(x1, w - tw - 4))
-        cv2.rectangle(bgr, (left, top), (left + tw + 4, top + th + base + 4), _LABEL_BACKGROUND, cv2.FILLED)
-        cv2.putText(bgr, text, (left + 2, top + th + 2), font, scale, _TEXT_COLOUR, thick, cv2.LINE_AA)
+        drawing.draw_labelled_box(bgr, f.face.box, label_text(f.track_id, f.attrs))
     if fps is not None:
-        cv2.putText(bgr, f"{fps:.1f} fps", (4, h - 6), font, scale, _TEXT_COLOUR, thick, cv2.LINE_AA)
+        drawing.draw_text(bgr, f"{fps:.1f} fps", (4, bgr.shape[0] - 6))
     return bgr
 
 

@@ -13,7 +13,7 @@ probabilities over time for each video, per track when faces carry ``track_id``)
 ``errors``.
 
 Key numbers are machine-readable: the element holding each has a ``data-metric`` attribute and
-holds the plain integer. Names: the totals ``inputs``, ``ok``, ``no_face``, ``error``, ``images``,
+holds the plain integer. Names: the totals ``inputs``, ``ok``, ``no_face``, ``error``, ``skipped``, ``images``,
 ``videos``, ``frames``, ``faces`` (and ``tracks`` when faces carry ``track_id``);
 ``emotion:<emotion>`` (faces whose top emotion it is); ``group:<group>:inputs``,
 ``group:<group>:faces`` and ``group:<group>:<emotion>``; ``gender:<gender>``;
@@ -195,10 +195,11 @@ def _scalar(con: duckdb.DuckDBPyConnection, query: str, params=None):
 def _totals(con, has_tracks: bool) -> dict[str, int]:
     row = con.execute("""
         SELECT count(*), count(*) FILTER (status = 'ok'), count(*) FILTER (status = 'no_face'),
-               count(*) FILTER (status = 'error'), count(*) FILTER (source_type = 'image'),
-               count(*) FILTER (source_type = 'video'), coalesce(sum(frames), 0)
+               count(*) FILTER (status = 'error'), count(*) FILTER (status = 'skipped'),
+               count(*) FILTER (source_type = 'image'), count(*) FILTER (source_type = 'video'),
+               coalesce(sum(frames), 0)
         FROM sources""").fetchall()[0]
-    totals = dict(zip(("inputs", "ok", "no_face", "error", "images", "videos", "frames"), map(int, row)))
+    totals = dict(zip(("inputs", "ok", "no_face", "error", "skipped", "images", "videos", "frames"), map(int, row)))
     totals["faces"] = int(_scalar(con, "SELECT count(*) FROM faces"))
     if has_tracks:
         totals["tracks"] = int(_scalar(
@@ -505,7 +506,8 @@ def _percent(n: int, total: int) -> str:
 def _totals_html(d: ReportData) -> str:
     t = d.totals
     labels = [("inputs", "inputs"), ("ok", "ok (faces found)"), ("no_face", "no face"), ("error", "error"),
-              ("images", "images"), ("videos", "videos"), ("frames", "frames decoded"), ("faces", "faces")]
+              ("skipped", "skipped (analysed by an earlier run)"), ("images", "images"), ("videos", "videos"),
+              ("frames", "frames decoded"), ("faces", "faces")]
     if "tracks" in t:
         labels.append(("tracks", "tracks (faces linked across frames)"))
     rows = [f"<tr><th>{_e(label)}</th>{_num(t[key], key)}</tr>" for key, label in labels]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import collections
+import re
 
 import pyarrow.dataset as ds
 
-__all__ = ["summarize", "format_summary", "read_table"]
+__all__ = ["summarize", "format_summary", "read_table", "previous_contents"]
 
 
 def read_table(output: str, name: str):
@@ -21,7 +22,10 @@ def read_table(output: str, name: str):
 
 
 def summarize(output: str) -> dict:
-    """Counts of a run: inputs by status and type, faces, frames, and the errors."""
+    """Counts of a run: inputs by status and type, faces, frames, and the errors.
+
+    Every input has one status: ``inputs == ok + no_face + error + skipped``.
+    """
     sources = read_table(output, "sources").to_pylist()
     faces = read_table(output, "faces")
     status = collections.Counter(s["status"] for s in sources)
@@ -31,6 +35,7 @@ def summarize(output: str) -> dict:
         "ok": status.get("ok", 0),
         "no_face": status.get("no_face", 0),
         "error": status.get("error", 0),
+        "skipped": status.get("skipped", 0),
         "images": sum(s["source_type"] == "image" for s in sources),
         "videos": sum(s["source_type"] == "video" for s in sources),
         "frames": sum(s["frames"] for s in sources),
@@ -40,15 +45,45 @@ def summarize(output: str) -> dict:
     }
 
 
+def previous_contents(output: str) -> dict[str, str]:
+    """sha256 -> run_id of the run holding the results, for the content an earlier run analysed.
+
+    Read from the ``sources`` table of ``output``: sources that came out ``ok`` or ``no_face`` map
+    to that run; ``skipped`` ones to the run they were skipped for. Failed sources are left out, so
+    a rerun tries them again.
+    """
+    table = read_table(output, "sources")
+    if "content_sha256" not in table.column_names:
+        raise ValueError(f"{output} has no content_sha256 column in its sources table (written by an older "
+                         "facebeam); --skip_existing needs an output written with content hashes")
+    known: dict[str, str] = {}
+    run_ids: dict[str, str] = {}  # one string object per run id, however many rows share it
+    columns = ["content_sha256", "status", "run_id", "previous_run_id"]
+    for row in table.select([c for c in columns if c in table.column_names]).to_pylist():
+        digest, status = row["content_sha256"], row["status"]
+        if not digest or status not in ("ok", "no_face", "skipped"):
+            continue
+        run_id = row.get("previous_run_id") if status == "skipped" else row["run_id"]
+        if run_id:
+            known.setdefault(digest, run_ids.setdefault(run_id, run_id))
+    return known
+
+
+def _one_line(text: str) -> str:
+    """``text`` with control characters (a newline in a file name) escaped, so it stays on one line."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
+
+
 def format_summary(summary: dict, output: str) -> str:
     lines = [
         f"inputs {summary['inputs']} ({summary['images']} images, {summary['videos']} videos, "
-        f"{summary['frames']} frames): ok {summary['ok']}, no_face {summary['no_face']}, error {summary['error']}",
+        f"{summary['frames']} frames): ok {summary['ok']}, no_face {summary['no_face']}, error {summary['error']}"
+        + (f", skipped {summary['skipped']} (analysed by an earlier run)" if summary.get("skipped") else ""),
         f"faces {summary['faces']}" + (": " + ", ".join(f"{k} {v}" for k, v in summary["emotions"].items())
                                        if summary["emotions"] else ""),
     ]
     for uri, stage, error in summary["errors"][:20]:
-        lines.append(f"  error at {stage}: {uri}: {error}")
+        lines.append(f"  error at {stage}: {_one_line(uri)}: {_one_line(error or '')}")
     if len(summary["errors"]) > 20:
         lines.append(f"  ... and {len(summary['errors']) - 20} more errors (see the sources table)")
     lines.append(f"output: {output}/faces-*.parquet, {output}/sources-*.parquet")

@@ -38,11 +38,16 @@ def source(uri: str, source_type: str, faces: int, frames: int = 1, errors: tupl
 
 
 def faces_table(rows: list[dict], **extra: list) -> pa.Table:
-    """Faces rows in FACES_SCHEMA, plus optional extra columns (``track_id``, ``crop_jpeg``) by name."""
+    """Faces rows in FACES_SCHEMA, with columns given by name (e.g. ``track_id``, ``crop_jpeg``) filled in."""
     table = pa.Table.from_pylist(rows, schema=FACES_SCHEMA)
     types = {"track_id": pa.int64(), "crop_jpeg": pa.binary()}
     for name, values in extra.items():
-        table = table.append_column(pa.field(name, types.get(name, pa.string())), pa.array(values, types.get(name)))
+        field, column = pa.field(name, types.get(name, pa.string())), pa.array(values, types.get(name))
+        if name in table.column_names:
+            i = table.column_names.index(name)
+            table = table.set_column(i, table.schema.field(i), column.cast(table.schema.field(i).type))
+        else:
+            table = table.append_column(field, column)
     return table
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import cv2
 import duckdb
+import numpy as np
 import pytest
 
 from pipelines import cli
@@ -31,7 +33,8 @@ def e2e(tmp_path_factory):
 
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        status = cli.main(["analyze", "--input", str(inputs), "--output", str(out), "--max_frames_per_video", "3"])
+        status = cli.main(["analyze", "--input", str(inputs), "--output", str(out), "--max_frames_per_video", "3",
+                           "--annotate", "--store_crops"])
     assert status == 0
     return out, printed.getvalue()
 
@@ -65,6 +68,22 @@ def test_clip_rows_have_increasing_timestamps(e2e):
     assert all(r["source_type"] == "video" and r["frame_index"] is not None for r in faces)
 
 
+def test_clip_with_two_people_gives_two_tracks(e2e):
+    out = e2e[0]
+    tracks = [r for r in read_table(str(out), "tracks").to_pylist() if r["source_uri"].endswith(CLIP)]
+    assert sorted(r["track_id"] for r in tracks) == [0, 1]
+    faces = _by_name(out, "faces")[CLIP]
+    for t in tracks:
+        mine = [f for f in faces if f["track_id"] == t["track_id"]]
+        assert t["frames"] == len(mine) >= 2
+        assert t["first_timestamp_s"] == min(f["timestamp_s"] for f in mine)
+        assert t["dominant_emotion"] in {f["emotion"] for f in mine} | {t["dominant_emotion"]}
+    # the two people sit on either side of the picture and keep their side
+    sides = {t["track_id"]: {f["x1"] < 240 for f in faces if f["track_id"] == t["track_id"]} for t in tracks}
+    assert sorted(len(s) for s in sides.values()) == [1, 1] and sides[0] != sides[1]
+    assert all(f["track_id"] is None for f in _by_name(out, "faces")[OBAMA])
+
+
 def test_broken_files_are_errors_and_others_succeed(e2e):
     sources = _by_name(e2e[0], "sources")
     assert len(sources) == 5 and all(len(v) == 1 for v in sources.values())
@@ -83,6 +102,48 @@ def test_output_reads_in_pyarrow_pandas_duckdb(e2e):
         f"SELECT status, count(*) FROM read_parquet('{out}/sources-*.parquet') GROUP BY status").fetchall())
     assert by_status == {"ok": 3, "error": 2}
     assert not list(out.glob("beam-temp-*")), "temporary files left behind"
+
+
+def test_annotated_copies_and_stored_crops(e2e):
+    out = e2e[0]
+    annotated = sorted(p.name for p in (out / "annotated").iterdir())
+    assert [n.rsplit("-", 1)[0] for n in annotated] == [CLIP[:-4], OBAMA[:-4], SOLVAY[:-4]]
+    photo = cv2.imread(str(next((out / "annotated").glob("obama_family-*.jpg"))))
+    original = cv2.imread(str(EXAMPLES / "photos" / OBAMA))
+    assert photo.shape == original.shape
+    row = _by_name(out, "faces")[OBAMA][0]
+    x1, y1, x2, y2 = (int(round(row[k])) for k in ("x1", "y1", "x2", "y2"))
+    # the box outline is drawn in green over the face's left edge
+    edge = photo[y1 + 5:y2 - 5, x1].astype(int)
+    assert (edge[:, 1] - edge[:, [0, 2]].max(1)).mean() > 100
+    clip = cv2.VideoCapture(str(next((out / "annotated").glob("*.mp4"))))
+    assert int(clip.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    crop = cv2.imdecode(np.frombuffer(row["crop_jpeg"], np.uint8), cv2.IMREAD_COLOR)
+    assert crop.shape == (128, 128, 3)
+
+
+def test_report_on_the_examples_matches_sql(e2e, tmp_path):
+    from pipelines import report
+    from tests.test_report import SECTION_IDS, _Page
+
+    out = e2e[0]
+    html = tmp_path / "report.html"
+    assert cli.main(["report", str(out), "-o", str(html)]) == 0
+    page = _Page(html.read_text(encoding="utf-8"))
+    assert [i for i in page.ids if i in SECTION_IDS] == SECTION_IDS == [sid for sid, _ in report.SECTIONS]
+    con = duckdb.connect()
+    faces = f"read_parquet('{out}/faces-*.parquet')"
+    sources = f"read_parquet('{out}/sources-*.parquet')"
+    (inputs, ok, error, frames), = con.execute(
+        f"SELECT count(*), count(*) FILTER (status='ok'), count(*) FILTER (status='error'), sum(frames) FROM {sources}"
+    ).fetchall()
+    (n_faces, n_tracks), = con.execute(
+        f"SELECT count(*), count(DISTINCT (source_uri, track_id)) FILTER (track_id IS NOT NULL) FROM {faces}").fetchall()
+    assert {k: page.metric(k) for k in ("inputs", "ok", "error", "frames", "faces", "tracks")} == dict(
+        inputs=inputs, ok=ok, error=error, frames=frames, faces=n_faces, tracks=n_tracks)
+    for emotion, n in con.execute(f"SELECT emotion, count(*) FROM {faces} GROUP BY 1").fetchall():
+        assert page.metric(f"emotion:{emotion}") == n
+    assert page.metric("errors") == 2 and "truncated.jpg" in html.read_text(encoding="utf-8")
 
 
 def test_rerun_into_same_output_is_refused(e2e, capsys):

@@ -74,3 +74,30 @@ def test_age_gender_on_validation_split(loaded_models, data_dir):
     mae = float(np.abs(out["age"][:, 0] - val.age).mean())
     gender = float(((out["gender"][:, 0] >= 0.5) == val.gender).mean())
     assert mae <= AGE_MAX_MAE and gender >= GENDER_MIN_ACCURACY
+
+
+def test_evaluate_cli_on_any_file_of_the_layouts(tmp_path, capsys):
+    import cv2
+
+    from models import evaluate
+
+    rng = np.random.default_rng(0)
+    fer = tmp_path / "fer.npz"
+    np.savez(fer, images=rng.integers(0, 255, (12, 48, 48), dtype=np.uint8), labels=np.arange(12) % 7)
+    jpegs = [cv2.imencode(".jpg", rng.integers(0, 255, (128, 128, 3), dtype=np.uint8))[1].ravel() for _ in range(6)]
+    offsets = np.cumsum([0] + [len(j) for j in jpegs])
+    utk = tmp_path / "utk.npz"
+    np.savez(utk, jpeg=np.concatenate(jpegs), offsets=offsets, age=np.array([5, 15, 25, 35, 45, 80], np.int16),
+             gender=np.array([0, 1, 0, 1, 0, 1], np.int8), race=np.array([0, 1, 2, 3, 4, 0], np.int8),
+             filenames=np.array([f"{i}.jpg" for i in range(6)]))
+    assert evaluate.main(["emotion", "--data", str(fer), "--json", "--plot", str(tmp_path / "p")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 12 and set(report["per_class"]) == set(EMOTIONS)
+    assert np.array(report["confusion"]).sum() == 12 and 0 <= report["ece"] <= 1
+    assert (tmp_path / "p" / "confusion.png").stat().st_size > 0 and (tmp_path / "p" / "reliability.png").exists()
+    assert evaluate.main(["age-gender", "--data", str(utk), "--json", "--plot", str(tmp_path / "p")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 6 and {"age_mae", "age_group_accuracy", "gender_accuracy"} <= set(report)
+    assert set(report["by_race"]) == {"white", "black", "asian", "indian", "others"}
+    assert report["by_age_group"]["70+"]["n"] == 1
+    assert evaluate.main(["emotion", "--data", str(utk)]) == 2

@@ -7,7 +7,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.records import ErrorRecord
 
-__all__ = ["NAMESPACE", "count", "DeadLettersToErrors", "source_uris_of"]
+__all__ = ["NAMESPACE", "count", "DeadLettersToErrors", "WithholdFailedSources", "source_uris_of"]
 
 NAMESPACE = "facebeam"
 
@@ -58,3 +58,24 @@ class DeadLettersToErrors(beam.PTransform):
             return [ErrorRecord(uri, stage, _error_message(info)) for uri in source_uris_of(element)]
 
         return pcoll | "ToError" >> beam.FlatMap(convert)
+
+
+class WithholdFailedSources(beam.PTransform):
+    """Drops the elements of sources that failed at any stage: their row in ``sources`` says error.
+
+    Input: (elements, errors); ``key`` gives an element's source URI.
+    """
+
+    def __init__(self, key):
+        super().__init__()
+        self._key = key
+
+    def expand(self, inputs):
+        elements, errors = inputs
+        failed = beam.pvalue.AsDict(
+            errors
+            | "FailedUris" >> beam.Map(lambda e: e.source_uri)
+            | "Distinct" >> beam.Distinct()
+            | "AsKeys" >> beam.Map(lambda uri: (uri, True)))
+        key = self._key
+        return elements | "KeepOk" >> beam.Filter(lambda element, bad: key(element) not in bad, failed)

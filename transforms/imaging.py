@@ -8,7 +8,9 @@ No Beam and no TensorFlow here. Images are RGB uint8 arrays of shape (H, W, 3); 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 from typing import NamedTuple
 
 import cv2
@@ -22,6 +24,9 @@ __all__ = [
     "EMOTION_TEMPLATE",
     "AGE_GENDER_TEMPLATE",
     "decode_image",
+    "describe_content",
+    "header_size",
+    "png_problem",
     "probe_image_size",
     "detection_scale",
     "resize_by",
@@ -30,6 +35,7 @@ __all__ = [
     "align_face",
     "retarget",
     "to_grey",
+    "encode_jpeg",
 ]
 
 
@@ -64,10 +70,128 @@ BOX_EYES = {"mtcnn": (0.506, 0.34, 0.47), "haar": (0.5, 0.38, 0.40)}
 
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# Leading bytes ("magic numbers") of the formats worth naming in an error message.
+_MAGIC = (
+    (0, b"\xff\xd8\xff", "a JPEG image"),
+    (0, _PNG_SIGNATURE, "a PNG image"),
+    (0, b"GIF87a", "a GIF image"),
+    (0, b"GIF89a", "a GIF image"),
+    (0, b"II*\x00", "a TIFF image"),
+    (0, b"MM\x00*", "a TIFF image"),
+    (4, b"ftyp", "an MP4/QuickTime video"),
+    (0, b"\x1aE\xdf\xa3", "a Matroska/WebM video"),
+    (0, b"%PDF", "a PDF document"),
+    (0, b"PK\x03\x04", "a ZIP archive"),
+    (0, b"\x1f\x8b", "a gzip archive"),
+)
+
+
+def describe_content(head: bytes) -> str | None:
+    """What the first bytes of a file look like, for error messages ('a PNG image', 'HTML', 'text', ...).
+
+    None when nothing is recognised. Only the leading bytes are looked at (a few hundred suffice).
+    """
+    if not head:
+        return "nothing (0 bytes)"
+    for offset, magic, name in _MAGIC:
+        if head[offset:offset + len(magic)] == magic:
+            return name
+    if head.startswith(b"RIFF") and head[8:12] in (b"WEBP", b"AVI "):
+        return "a WebP image" if head[8:12] == b"WEBP" else "an AVI video"
+    # BMP: "BM", then the file size, then two reserved 16-bit fields that must be zero.
+    if head.startswith(b"BM") and head[6:10] == b"\x00\x00\x00\x00":
+        return "a BMP image"
+    if b"\x00" in head:
+        return None
+    text = head.decode("utf-8", errors="replace")
+    if text.count("\ufffd") > 2:  # a multi-byte character cut at the end is allowed for
+        return None
+    lower = text.lstrip("\ufeff \t\r\n").lower()
+    if lower.startswith(("<!doctype html", "<html", "<head", "<body")) or "<html" in lower:
+        return "HTML"
+    if lower.startswith("<?xml") or lower.startswith("<svg"):
+        return "XML"
+    return "text"
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) declared by a PNG or JPEG header, read without decoding; None for other data.
+
+    Read by hand rather than by Pillow so that a header declaring billions of pixels is measured
+    against ``--max_pixels`` instead of Pillow's own fixed limit.
+    """
+    if data.startswith(_PNG_SIGNATURE) and data[12:16] == b"IHDR" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return (width, height) if width and height else None
+    if data.startswith(_JPEG_SOI):
+        return _jpeg_size(data)
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Size from the first SOFn segment of a JPEG (ITU T.81 B.2.2); None if none comes before the scan."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None  # not at a marker: a corrupt header
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before them
+            return None
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        # SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC), which share the range.
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 9 > n:
+                return None
+            height = int.from_bytes(data[i + 5:i + 7], "big")
+            width = int.from_bytes(data[i + 7:i + 9], "big")
+            return (width, height) if width and height else None
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
+
+
+def png_problem(data: bytes) -> str | None:
+    """Why a PNG is unreadable, from its chunk structure: a bad CRC, a chunk cut short, no IEND.
+
+    None when the structure is sound or the data is not a PNG. Each chunk's CRC covers its type
+    and data (PNG specification, section 5.3).
+    """
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    view = memoryview(data)
+    i, n = len(_PNG_SIGNATURE), len(data)
+    while i + 8 <= n:
+        length, ctype = struct.unpack(">I4s", view[i:i + 8])
+        name = ctype.decode("latin-1")
+        end = i + 12 + length
+        if end > n:
+            return f"truncated PNG: chunk {name!r} is cut short ({n - i - 8} of {length + 4} bytes present)"
+        if zlib.crc32(view[i + 4:end - 4]) != int.from_bytes(view[end - 4:end], "big"):
+            return f"corrupt PNG: chunk {name!r} has a bad CRC"
+        if ctype == b"IEND":
+            return None
+        i = end
+    return "truncated PNG: the file ends before the IEND chunk"
 
 
 def probe_image_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) read from the header without decoding pixels, or None if unknown."""
+    """(width, height) read from the header without decoding pixels, or None if unknown.
+
+    PNG and JPEG headers are read here; other formats by Pillow, which refuses headers declaring
+    more than twice ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bomb): that is an ImageError.
+    """
+    size = header_size(data)
+    if size is not None:
+        return size
     from PIL import Image
 
     with warnings.catch_warnings():
@@ -76,7 +200,7 @@ def probe_image_size(data: bytes) -> tuple[int, int] | None:
             with Image.open(io.BytesIO(data)) as im:
                 return im.size
         except Image.DecompressionBombError as e:
-            raise ImageError(f"image too large to decode safely: {e}") from None
+            raise ImageError(f"decompression bomb refused before decoding: {e}") from None
         except Exception:  # unknown to Pillow: OpenCV decides below
             return None
 
@@ -91,17 +215,29 @@ def decode_image(data: bytes, max_pixels: int = 100_000_000) -> np.ndarray:
         raise ImageError("empty file (0 bytes)")
     size = probe_image_size(data)
     if size is not None and size[0] * size[1] > max_pixels:
-        raise ImageError(
-            f"image of {size[0]}x{size[1]} pixels exceeds --max_pixels={max_pixels}; raise the limit to read it")
+        raise ImageError(f"image of {size[0]}x{size[1]} pixels exceeds --max_pixels={max_pixels}; "
+                         "refused before decoding (raise the limit to read it)")
     if data.startswith(_JPEG_SOI) and _JPEG_EOI not in data[-64:]:
         # libjpeg decodes a cut-off JPEG into a half-grey picture with only a warning.
         raise ImageError("truncated JPEG (no end-of-image marker)")
     # IMREAD_COLOR applies the EXIF orientation and converts grey/alpha/16-bit/CMYK/palette to 8-bit BGR.
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
-        kind = "corrupt or truncated image" if size is not None else "not an image in a supported format"
-        raise ImageError(f"{kind}: the decoder could not read it")
+        raise ImageError(_decode_failure(data, size))
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _decode_failure(data: bytes, size: tuple[int, int] | None) -> str:
+    """The most specific reason we can give for data the decoder refused."""
+    problem = png_problem(data)
+    if problem:
+        return problem
+    content = describe_content(data[:512])
+    if content and "image" not in content:
+        return f"not an image: the file holds {content}"
+    if size is not None or content:
+        return f"corrupt or truncated image ({content or 'header readable'}): the decoder could not read it"
+    return "not an image in a supported format: the decoder could not read it"
 
 
 def detection_scale(width: int, height: int, min_face_size: float, max_side: int, detector_min_face: float = 20.0) -> float:
@@ -187,6 +323,14 @@ def _warp(image: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
             m = np.column_stack([m[:, 0] / sx, m[:, 1] / sy, m @ np.array([x0, y0, 1.0])])
             image = small
     return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """JPEG bytes of an RGB uint8 image."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ImageError("JPEG encoding failed")
+    return buf.tobytes()
 
 
 def to_grey(rgb: np.ndarray) -> np.ndarray:

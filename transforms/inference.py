@@ -6,7 +6,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from models.handler import FaceAttributes, FaceModelHandler
+from models.handler import FaceModelHandler
 from models.registry import ModelSpec
 from transforms import imaging
 from transforms.common import DeadLettersToErrors, count
@@ -20,21 +20,26 @@ def model_inputs(crop: np.ndarray, spec: ModelSpec) -> np.ndarray:
     framed = imaging.retarget(crop, side, imaging.AlignTemplate(*spec.template))
     return imaging.to_grey(framed) if channels == 1 else framed
 
-def _to_example(face: FaceCrop, specs: tuple[ModelSpec, ModelSpec]):
-    """(key, example): the crop's metadata as key, the per-model inputs as example."""
+def _to_example(face: FaceCrop, specs: tuple[ModelSpec, ModelSpec], store_crops: bool):
+    """(key, example): the crop's metadata (and JPEG, when kept) as key, the per-model inputs as example."""
     example = tuple(model_inputs(face.crop, spec) for spec in specs)
-    return face._replace(crop=None), example
+    jpeg = imaging.encode_jpeg(face.crop) if store_crops else None
+    return face._replace(crop=None, crop_jpeg=jpeg), example
 
 class PredictAttributes(beam.PTransform):
-    """FaceCrop -> (FaceCrop without pixels, FaceAttributes), plus ErrorRecords, as a tuple."""
+    """FaceCrop -> (FaceCrop without pixels, FaceAttributes), plus ErrorRecords, as a tuple.
 
-    def __init__(self, handler: FaceModelHandler):
+    With ``store_crops`` each face keeps its aligned crop as a small JPEG (``crop_jpeg``).
+    """
+
+    def __init__(self, handler: FaceModelHandler, store_crops: bool = False):
         super().__init__()
         self._handler = handler
+        self._store_crops = store_crops
 
     def expand(self, faces):
         specs = self._handler.specs
-        examples = faces | "ModelInputs" >> beam.Map(_to_example, specs)
+        examples = faces | "ModelInputs" >> beam.Map(_to_example, specs, self._store_crops)
         main, dlq = examples | "RunInference" >> RunInference(
             KeyedModelHandler(self._handler)).with_exception_handling()
 

@@ -49,7 +49,9 @@ class FaceCrop(NamedTuple):
 
     ``box`` is ``(x1, y1, x2, y2)`` float pixels of the original frame; ``landmarks`` is 10 floats
     (x, y of left eye, right eye, nose, mouth left, mouth right) or None; ``crop`` is the aligned
-    RGB uint8 (128, 128, 3) face (``imaging.CANONICAL``), or None once it has been handed to a model.
+    RGB uint8 (128, 128, 3) face (``imaging.CANONICAL``), or None once it has been handed to a model;
+    ``crop_jpeg`` is that crop as JPEG bytes when crops are kept; ``track_id`` links the faces of one
+    person across the frames of a video (None for images).
     """
 
     source_uri: str
@@ -64,6 +66,8 @@ class FaceCrop(NamedTuple):
     confidence: float | None
     landmarks: tuple[float, ...] | None
     crop: np.ndarray | None
+    crop_jpeg: bytes | None = None
+    track_id: int | None = None
 
 
 class ErrorRecord(NamedTuple):

@@ -1,25 +1,44 @@
-"""ReadSources: input patterns -> matched files -> decoding tasks -> decoded frames.
+"""ReadSources: input patterns -> listed files -> decoding tasks -> decoded frames.
 
 Directories are read recursively for the supported extensions; explicit files and glob patterns
 keep everything they match, so that a file of an unsupported type shows up as an error rather than
 vanishing. Any Beam FileSystems URI works (``gs://`` with the GCP extra installed).
+
+Local disks are listed here (``list_input``) rather than by Beam's LocalFileSystem, whose
+``os.walk`` silently drops broken symbolic links and link loops (their size cannot be read), never
+enters linked directories, and lists named pipes that would block forever when opened. The rules:
+
+- A link to a file is read under the link's name.
+- A link to a directory is followed, unless its target lies inside the directory being read or was
+  read already: a loop ends there, and no directory is read twice.
+- A broken link, a link loop, something that is not a regular file (a named pipe, a socket, a
+  device) and a name that is not valid UTF-8 are inputs that fail at stage ``read`` when their
+  name has a supported extension (inside a directory) or matches the pattern; a subdirectory that
+  cannot be listed fails the same way under its own path (ending in ``/``).
+
+Each file is hashed (sha256 of its bytes) as it is read; with ``ReadOptions.known_content`` a file
+whose content an earlier run analysed is skipped and reported as such.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
 import os
+import re
 import shutil
+import stat
 import tempfile
-from typing import Iterable, NamedTuple
+from typing import Iterable, Iterator, Mapping, NamedTuple
 
 import apache_beam as beam
-from apache_beam.io import fileio
+from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import imaging, video
 from transforms.common import DeadLettersToErrors, count
-from transforms.records import Frame, SourceFile, SourceTask
+from transforms.records import ErrorRecord, Frame, SourceFile, SourceTask
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -27,7 +46,13 @@ __all__ = [
     "ReadSources",
     "ReadResult",
     "ReadOptions",
+    "ReadError",
+    "Listed",
+    "SourceContent",
     "expand_inputs",
+    "list_input",
+    "walk_local",
+    "sha256_file",
     "source_type_of",
 ]
 
@@ -37,25 +62,53 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", "
 # Animated GIFs are read as videos (OpenCV decodes them frame by frame).
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", ".gif", ".mpg", ".mpeg", ".wmv"})
 
+_HASH_CHUNK = 1 << 20
+
+
+class ReadError(ValueError):
+    """An input that cannot be read at all; the message says why."""
+
 
 class ReadOptions(NamedTuple):
     """How sources are decoded: video sampling rate (frames/s, 0 = every frame), frame cap per video
-    (0 = none), video range length in seconds for parallel decoding, and the pixel limit per image."""
+    (0 = none), video range length in seconds for parallel decoding, the pixel limit per image, and
+    ``known_content``: sha256 -> run_id of the run holding the results for content analysed before
+    (``--skip_existing``), whose files are skipped."""
 
     video_fps: float = 1.0
     max_frames_per_video: int = 0
     video_chunk_seconds: float = 60.0
     max_pixels: int = 100_000_000
+    known_content: Mapping[str, str] | None = None
 
 
 class ReadResult(NamedTuple):
     """ReadSources' outputs: ``files`` (SourceFile), ``frames`` (Frame), ``frame_counts``
-    ((uri, frames decoded) per task) and ``errors`` (ErrorRecord)."""
+    ((uri, frames decoded) per task), ``errors`` (ErrorRecord) and ``contents`` ((uri, SourceContent)
+    for every file that was read)."""
 
     files: beam.PCollection
     frames: beam.PCollection
     frame_counts: beam.PCollection
     errors: beam.PCollection
+    contents: beam.PCollection
+
+
+class Listed(NamedTuple):
+    """A file found for an input: its URI, size in bytes (0 when unknown), and ``problem``: why it
+    cannot be read (a broken link, a link loop, not a regular file, ...), None when it can."""
+
+    uri: str
+    size_bytes: int = 0
+    problem: str | None = None
+
+
+class SourceContent(NamedTuple):
+    """What reading a file told: the sha256 of its bytes (hex) and, when an earlier run analysed
+    that content, that run's id (the file is then skipped)."""
+
+    sha256: str
+    previous_run_id: str | None = None
 
 
 def source_type_of(path: str) -> str | None:
@@ -68,58 +121,231 @@ def source_type_of(path: str) -> str | None:
     return None
 
 
+def _is_local(uri: str) -> bool:
+    return FileSystems.get_scheme(uri) is None
+
+
 def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, bool]]:
     """(pattern, is_directory) for each ``--input``; raises ValueError for one that matches nothing.
 
-    A directory becomes a recursive pattern. Only one match per input is looked up here, on the
-    launching machine; the full listing happens inside the pipeline.
+    A local directory stays a path (read by ``walk_local``); a remote one becomes a recursive
+    pattern. An existing local path is taken literally, even with ``*?[`` in its name. Only the
+    first input of each is looked up here, on the launching machine; the full listing happens
+    inside the pipeline.
     """
     patterns = []
     for raw in inputs:
         text = str(raw)
-        is_dir = os.path.isdir(text) or (FileSystems.get_scheme(text) is not None and text.endswith("/"))
-        if is_dir:
-            base = os.path.abspath(text) if FileSystems.get_scheme(text) is None else text
-            pattern = FileSystems.join(base, "**")
+        if _is_local(text):
+            is_dir = os.path.isdir(text)
+            pattern = os.path.abspath(text)
         else:
-            pattern = os.path.abspath(text) if FileSystems.get_scheme(text) is None else text
+            is_dir = text.endswith("/")
+            pattern = FileSystems.join(text, "**") if is_dir else text
         try:
-            found = FileSystems.match([pattern], limits=[1])[0].metadata_list
+            found = next(iter(list_input(pattern, is_dir)), None)
         except Exception as e:  # an unreachable bucket, a bad URI: say so up front
             raise ValueError(f"--input {text!r}: cannot list it ({e})") from e
-        if not found:
-            raise ValueError(f"--input {text!r} matches no file; check the path or pattern")
+        if found is None:
+            what = "holds no image or video file" if is_dir else "matches no file"
+            raise ValueError(f"--input {text!r} {what}; check the path or pattern")
         patterns.append((pattern, is_dir))
     return patterns
 
 
-def _to_source_file(meta, from_directory: bool) -> list[SourceFile]:
-    """A matched file as a SourceFile; a directory keeps only its media files."""
-    kind = source_type_of(meta.path)
-    if kind is None and from_directory:
-        return []  # a directory asks for its media; other files there are not inputs
-    return [SourceFile(meta.path, kind or "unknown", int(meta.size_in_bytes))]
+def list_input(pattern: str, is_dir: bool) -> Iterator[Listed]:
+    """The files of one ``expand_inputs`` entry, lazily.
+
+    Local: a directory is walked for its media files (``walk_local``); an existing path is that one
+    file; anything else is a glob pattern in Beam's syntax (``*`` within a directory, ``**`` across
+    them). Other file systems go through ``FileSystems.match``.
+    """
+    if not _is_local(pattern):
+        for meta in FileSystems.match([pattern])[0].metadata_list:
+            if is_dir and source_type_of(meta.path) is None:
+                continue
+            yield Listed(meta.path, int(meta.size_in_bytes))
+        return
+    if is_dir or os.path.isdir(pattern):
+        for entry in walk_local(pattern):
+            if source_type_of(entry.uri) is not None or entry.uri.endswith(os.sep):
+                yield entry
+        return
+    if os.path.lexists(pattern):
+        yield _examine(pattern)[1]
+        return
+    yield from _glob_local(pattern)
+
+
+def _glob_local(pattern: str) -> Iterator[Listed]:
+    """Beam's pattern semantics (``FileSystem.translate_pattern``) over ``walk_local``, descending
+    only as deep as the pattern can reach."""
+    if pattern.endswith(os.sep):
+        pattern += "*"
+    prefix = re.match(r"^[^[*?]*", pattern).group(0)
+    if prefix == pattern:  # no wildcard and nothing there
+        return
+    base = os.path.dirname(prefix)
+    rest = pattern[len(base):].lstrip(os.sep)
+    depth = None if "**" in rest else rest.count(os.sep)
+    matches = re.compile(FileSystem.translate_pattern(pattern)).match
+    for entry in walk_local(base, depth):
+        if matches(entry.uri) or entry.uri.endswith(os.sep):
+            yield entry
+
+
+def _printable(path: str) -> str:
+    """The path as valid UTF-8: undecodable bytes of a file name appear as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+def _entry(path: str, size: int = 0, problem: str | None = None) -> Listed:
+    """A Listed whose URI is valid UTF-8 (Beam's coders and Parquet strings need it)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return Listed(_printable(path), 0, problem or "file name is not valid UTF-8; rename the file to read it")
+    return Listed(path, size, problem)
+
+
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"))
+
+
+def _examine(path: str) -> tuple[os.stat_result | None, Listed]:
+    """The status of ``path`` (links followed) and its Listed entry, with a problem where it has one."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if not os.path.islink(path):
+            return None, _entry(path, 0, f"cannot examine the file: {e.strerror or e}")
+        if e.errno == errno.ELOOP:
+            return None, _entry(path, 0, "symbolic link loop: the link resolves back to itself")
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return None, _entry(path, 0, f"broken symbolic link: its target {_printable(target)!r} does not exist")
+    if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+        return st, _entry(path, st.st_size if stat.S_ISREG(st.st_mode) else 0)
+    kind = next((name for test, name in _SPECIAL_FILES if test(st.st_mode)), "a special file")
+    return st, _entry(path, 0, f"not a regular file: it is {kind}")
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def walk_local(root: str, max_depth: int | None = None) -> Iterator[Listed]:
+    """Every entry under the local directory ``root`` that is not a directory, lazily, by name
+    within each directory, files before subdirectories.
+
+    ``max_depth``: how many directory levels below ``root`` to enter (None: all). Links to
+    directories are followed unless their target lies inside ``root`` or was entered already, so a
+    loop ends. Broken links, link loops, special files and subdirectories that cannot be listed
+    come out with a ``problem`` instead of vanishing (a directory as its path plus ``/``).
+    """
+    root = os.path.abspath(root)
+    try:
+        st = os.stat(root)
+    except OSError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    root_real = os.path.realpath(root)
+    entered = {(st.st_dev, st.st_ino)}
+    stack = [(root, 0)]
+    while stack:
+        directory, depth = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                names = sorted(e.name for e in it)
+        except OSError as e:
+            yield _entry(directory.rstrip(os.sep) + os.sep, 0, f"directory cannot be listed: {e.strerror or e}")
+            continue
+        subdirs = []
+        for name in names:
+            path = os.path.join(directory, name)
+            st, entry = _examine(path)
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                yield entry
+                continue
+            key = (st.st_dev, st.st_ino)
+            if (max_depth is not None and depth >= max_depth) or key in entered:
+                continue  # too deep for the pattern, a loop, or a directory read already
+            if os.path.islink(path) and _inside(os.path.realpath(path), root_real):
+                LOG.debug("not following %s: its target is read under its own name", path)
+                continue
+            entered.add(key)
+            subdirs.append(path)
+        stack.extend((d, depth + 1) for d in reversed(subdirs))
+
+
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a local file, streamed in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _to_source_file(entry: Listed) -> SourceFile:
+    """The sources-table identity of a listed file (type 'unknown' for unsupported ones)."""
+    return SourceFile(entry.uri, source_type_of(entry.uri) or "unknown", int(entry.size_bytes))
+
+
+# Tag of the ErrorRecords a DoFn classifies itself, where the stage of its dead letters would be wrong.
+_FAILED = "failed"
 
 
 class _PlanTasksFn(beam.DoFn):
-    """SourceFile -> SourceTask(s): an image is one task; a video is split into frame ranges."""
+    """Listed -> SourceTask(s): an image is one task; a video is hashed, then split into frame ranges.
+
+    Fails (stage ``read``) for a file with a listing problem, of an unsupported type, or that cannot
+    be read; a video OpenCV cannot open goes to 'failed' at stage ``decode``, as images do. The
+    content of each video goes to 'contents' as soon as it is known.
+    """
+
+    CONTENTS = "contents"
+    FAILED = _FAILED
 
     def __init__(self, options: ReadOptions):
         self._options = options
 
-    def process(self, source: SourceFile):
-        if source.source_type == "unknown":
-            ext = os.path.splitext(source.uri)[1] or "(none)"
+    def process(self, entry: Listed):
+        # 1. What the listing found wrong, or a type we do not read.
+        if entry.problem:
+            raise ReadError(entry.problem)
+        kind = source_type_of(entry.uri)
+        if kind is None:
+            ext = os.path.splitext(entry.uri)[1] or "(none)"
             raise ValueError(f"unsupported file type {ext}: facebeam reads images "
                              f"({', '.join(sorted(IMAGE_EXTENSIONS))}) and videos ({', '.join(sorted(VIDEO_EXTENSIONS))})")
-        if source.source_type == "image":
-            yield SourceTask(source.uri, "image")
+        # 2. An image is read once, in Decode, where it is also hashed.
+        if kind == "image":
+            yield SourceTask(entry.uri, "image")
             return
-        with _local_copy(source.uri) as path:
-            info = video.probe_video(path)
+        # 3. A video: one streamed pass for the hash, then skip it or probe it and plan its ranges.
+        with _local_copy(entry.uri) as path:
+            try:
+                digest = sha256_file(path)
+            except OSError as e:
+                raise ReadError(f"cannot read the file: {e.strerror or e}") from None
+            previous = (self._options.known_content or {}).get(digest)
+            yield beam.pvalue.TaggedOutput(self.CONTENTS, (entry.uri, SourceContent(digest, previous)))
+            if previous:
+                count("skipped")
+                return
+            try:
+                info = video.probe_video(path)
+            except video.VideoError as e:
+                count("errors_decode")
+                yield beam.pvalue.TaggedOutput(self.FAILED, ErrorRecord(entry.uri, "decode", f"VideoError: {e}"))
+                return
         chunk = int(round(self._options.video_chunk_seconds * info.fps))
         for start, end in video.split_ranges(info.frame_count, chunk):
-            yield SourceTask(source.uri, "video", start, end, info.fps)
+            yield SourceTask(entry.uri, "video", start, end, info.fps)
 
 
 class _local_copy:
@@ -144,9 +370,15 @@ class _local_copy:
 
 
 class _DecodeFn(beam.DoFn):
-    """SourceTask -> Frame(s), one at a time; the frames decoded per task go to 'frame_counts'."""
+    """SourceTask -> Frame(s), one at a time; the frames decoded per task go to 'frame_counts'.
+
+    An image's bytes are read once: hashed (to 'contents'; skipped when an earlier run analysed
+    them), then decoded. A file that cannot be read goes to 'failed' at stage ``read``.
+    """
 
     FRAME_COUNTS = "frame_counts"
+    CONTENTS = "contents"
+    FAILED = _FAILED
 
     def __init__(self, options: ReadOptions):
         self._options = options
@@ -154,9 +386,25 @@ class _DecodeFn(beam.DoFn):
     def process(self, task: SourceTask):
         n = 0
         if task.source_type == "image":
-            with FileSystems.open(task.uri) as f:
-                data = f.read()
+            # 1. Read the bytes; an unreadable file is a read error, not a decode error.
+            try:
+                with FileSystems.open(task.uri) as f:
+                    data = f.read()
+            except OSError as e:
+                count("errors_read")
+                yield beam.pvalue.TaggedOutput(self.FAILED, ErrorRecord(
+                    task.uri, "read", f"{type(e).__name__}: cannot read the file: {e.strerror or e}"))
+                return
+            # 2. Hash them; content analysed by an earlier run is skipped.
+            digest = hashlib.sha256(data).hexdigest()
+            previous = (self._options.known_content or {}).get(digest)
+            yield beam.pvalue.TaggedOutput(self.CONTENTS, (task.uri, SourceContent(digest, previous)))
+            if previous:
+                count("skipped")
+                return
+            # 3. Decode.
             image = imaging.decode_image(data, self._options.max_pixels)
+            del data
             n = 1
             yield Frame(task.uri, "image", None, None, image)
         else:
@@ -171,7 +419,7 @@ class _DecodeFn(beam.DoFn):
 
 
 class ReadSources(beam.PTransform):
-    """(pattern, is_directory) pairs -> ReadResult of files, frames, frame counts and errors.
+    """(pattern, is_directory) pairs -> ReadResult of files, frames, frame counts, errors and contents.
 
     Frames are not reshuffled: each one is detected where it is decoded, so a long video never
     sits in memory or in a shuffle as raw frames; the work is spread by reshuffling files and
@@ -184,41 +432,41 @@ class ReadSources(beam.PTransform):
         self._options = options
 
     def expand(self, pbegin) -> ReadResult:
-        matched = []
-        for from_dir in (False, True):
-            patterns = [pattern for pattern, is_dir in self._patterns if is_dir == from_dir]
-            if patterns:
-                label = "Directories" if from_dir else "Patterns"
-                matched.append(
-                    pbegin
-                    | f"{label}" >> beam.Create(patterns)
-                    | f"Match{label}" >> fileio.MatchAll()
-                    | f"Files{label}" >> beam.FlatMap(_to_source_file, from_dir))
-        files = (
-            matched
-            | "AllMatches" >> beam.Flatten()
-            | "KeyByUri" >> beam.Map(lambda s: (s.uri, s))
+        listed = (
+            pbegin
+            | "Inputs" >> beam.Create(self._patterns)
+            | "List" >> beam.FlatMapTuple(list_input)
+            | "KeyByUri" >> beam.Map(lambda e: (e.uri, e))
             # a file matched by two inputs is one input
-            | "Dedupe" >> beam.CombinePerKey(lambda sources: next(iter(sources)))
+            | "Dedupe" >> beam.CombinePerKey(lambda entries: next(iter(entries)))
             | "Values" >> beam.Values()
             | "SpreadFiles" >> beam.Reshuffle()
         )
-        tasks, plan_errors = (
-            files
+        files = listed | "SourceFiles" >> beam.Map(_to_source_file)
+        planned = (
+            listed
+            # partial=True keeps a video's content hash when probing it fails afterwards.
             | "Plan" >> beam.ParDo(_PlanTasksFn(self._options)).with_exception_handling(
-                main_tag="tasks", dead_letter_tag="errors")
+                main_tag="tasks", dead_letter_tag="errors", partial=True)
+            .with_outputs(_PlanTasksFn.CONTENTS, _PlanTasksFn.FAILED, main="tasks")
         )
         decoded = (
-            tasks
+            planned.tasks
             | "SpreadTasks" >> beam.Reshuffle()
             # partial=True streams a video's frames instead of buffering them all per element.
             | "Decode" >> beam.ParDo(_DecodeFn(self._options)).with_exception_handling(
                 main_tag="frames", dead_letter_tag="errors", partial=True)
-            .with_outputs(_DecodeFn.FRAME_COUNTS, main="frames")
+            .with_outputs(_DecodeFn.FRAME_COUNTS, _DecodeFn.CONTENTS, _DecodeFn.FAILED, main="frames")
         )
         errors = (
-            (plan_errors | "PlanErrors" >> DeadLettersToErrors("read"),
+            (planned.errors | "PlanErrors" >> DeadLettersToErrors("read"),
+             planned[_PlanTasksFn.FAILED],
+             decoded[_DecodeFn.FAILED],
              decoded.errors | "DecodeErrors" >> DeadLettersToErrors("decode"))
             | "Errors" >> beam.Flatten()
         )
-        return ReadResult(files, decoded.frames, decoded[_DecodeFn.FRAME_COUNTS], errors)
+        contents = (
+            (planned[_PlanTasksFn.CONTENTS], decoded[_DecodeFn.CONTENTS])
+            | "Contents" >> beam.Flatten()
+        )
+        return ReadResult(files, decoded.frames, decoded[_DecodeFn.FRAME_COUNTS], errors, contents)

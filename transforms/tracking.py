@@ -90,13 +90,16 @@ class Tracker:
     detector) keeps its id.
     """
 
-    def __init__(self, min_iou: float = 0.3, max_missed: int = 5):
+    def __init__(self, min_iou: float = 0.3, max_missed: int = 5, max_shift: float = 0.0):
         if not 0.0 < min_iou <= 1.0:
             raise ValueError(f"min_iou must be in (0, 1], got {min_iou}")
         if max_missed < 0:
             raise ValueError(f"max_missed must be >= 0, got {max_missed}")
+        if max_shift < 0:
+            raise ValueError(f"max_shift must be >= 0, got {max_shift}")
         self._min_iou = min_iou
         self._max_missed = max_missed
+        self._max_shift = max_shift
         self._tracks: list[Track] = []
         self._next_id = 0
 
@@ -114,6 +117,8 @@ class Tracker:
         boxes = as_boxes(boxes)
         prev = np.array([t.box for t in self._tracks], np.float64).reshape(-1, 4)
         matches = match_boxes(prev, boxes, self._min_iou)
+        if self._max_shift > 0:
+            matches = _match_leftovers_by_centre(prev, boxes, matches, self._max_shift)
         ids = np.empty(len(boxes), np.int64)
         seen = set()
         new_tracks = []
@@ -130,6 +135,32 @@ class Tracker:
                 if i not in seen and t.missed < self._max_missed]
         self._tracks = sorted(kept + new_tracks, key=lambda t: t.track_id)
         return ids
+
+
+def _match_leftovers_by_centre(prev: np.ndarray, boxes: np.ndarray, matches: np.ndarray,
+                               max_shift: float) -> np.ndarray:
+    """Second pass for sparsely sampled video: links boxes left unmatched by overlap to free tracks
+    whose centre is within ``max_shift`` box widths and whose size is within a factor 1.5,
+    nearest first. Returns a new (M,) match array."""
+    matches = matches.copy()
+    free_prev = [i for i in range(len(prev)) if i not in set(matches.tolist())]
+    free_new = [j for j in range(len(boxes)) if matches[j] < 0]
+    pairs = []
+    for i in free_prev:
+        for j in free_new:
+            a, b = prev[i], boxes[j]
+            wa, wb = a[2] - a[0], b[2] - b[0]
+            if min(wa, wb) <= 0 or max(wa, wb) > 1.5 * min(wa, wb):
+                continue
+            shift = np.hypot((a[0] + a[2] - b[0] - b[2]) / 2, (a[1] + a[3] - b[1] - b[3]) / 2) / ((wa + wb) / 2)
+            if shift <= max_shift:
+                pairs.append((shift, i, j))
+    used = set()
+    for _, i, j in sorted(pairs):
+        if i not in used and matches[j] < 0:
+            matches[j] = i
+            used.add(i)
+    return matches
 
 
 class Smoother:

@@ -8,12 +8,17 @@ its index alone and a video split into ranges samples exactly the frames of the 
 from __future__ import annotations
 
 import math
+import os
+import struct
 from typing import Iterator, NamedTuple
 
 import cv2
 import numpy as np
 
-__all__ = ["VideoError", "VideoInfo", "probe_video", "sample_slot", "is_sampled", "split_ranges", "read_frames"]
+from transforms.imaging import describe_content
+
+__all__ = ["VideoError", "VideoInfo", "probe_video", "video_problem", "sample_slot", "is_sampled", "split_ranges",
+           "read_frames"]
 
 # Frame rate assumed when a container reports none (OpenCV gives 0 or NaN for some streams).
 DEFAULT_FPS = 25.0
@@ -30,11 +35,60 @@ class VideoInfo(NamedTuple):
     height: int
 
 
+def video_problem(path: str) -> str | None:
+    """Why a file OpenCV cannot read is not a usable video, from its leading bytes and container
+    structure: empty, not a video at all, or an MP4/QuickTime file cut short. None if nothing is seen."""
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty file (0 bytes)"
+        with open(path, "rb") as f:
+            head = f.read(512)
+            content = describe_content(head)
+            if content == "an MP4/QuickTime video":
+                return _iso_media_problem(f, size)
+    except OSError as e:
+        return f"cannot read the file: {e.strerror or e}"
+    if content and "video" not in content:
+        return f"not a video: the file holds {content}"
+    return None
+
+
+def _iso_media_problem(f, size: int) -> str | None:
+    """Walks the top-level boxes of an ISO media file (MP4, MOV; ISO/IEC 14496-12 section 4.2)."""
+    pos, boxes, media_bytes = 0, set(), 0
+    while pos + 8 <= size:
+        f.seek(pos)
+        header = f.read(16)
+        box_size, box_type = struct.unpack(">I4s", header[:8])
+        header_len = 8
+        if box_size == 1 and len(header) == 16:  # 64-bit size follows the type
+            box_size, header_len = struct.unpack(">Q", header[8:16])[0], 16
+        elif box_size == 0:  # the box runs to the end of the file
+            box_size = size - pos
+        name = box_type.decode("latin-1")
+        if box_size < header_len:
+            return f"corrupt MP4/QuickTime file: box {name!r} at byte {pos} has an impossible size"
+        if pos + box_size > size:
+            return (f"truncated MP4/QuickTime file: box {name!r} is cut short "
+                    f"({size - pos} of {box_size} bytes present)")
+        boxes.add(box_type)
+        if box_type == b"mdat":
+            media_bytes += box_size - header_len
+        pos += box_size
+    if b"moov" not in boxes:
+        return "MP4/QuickTime file without its 'moov' index (truncated, or never finished)"
+    if b"mdat" in boxes and media_bytes == 0:
+        return "MP4/QuickTime file with no media data (0 frames)"
+    return None
+
+
 def _open(path: str) -> cv2.VideoCapture:
     cap = cv2.VideoCapture(path)
     if not cap.isOpened():
         cap.release()
-        raise VideoError("cannot open as a video (not a video, truncated, or an unsupported codec)")
+        problem = video_problem(path)
+        raise VideoError(f"cannot open as a video: {problem or 'not a video, truncated, or an unsupported codec'}")
     return cap
 
 
@@ -48,7 +102,8 @@ def probe_video(path: str) -> VideoInfo:
         count = int(count) if count and math.isfinite(count) and count > 0 else 0
         ok, frame = cap.read()
         if not ok or frame is None:
-            raise VideoError("video has no decodable frames")
+            problem = video_problem(path)
+            raise VideoError(f"video has no decodable frames{f': {problem}' if problem else ''}")
         return VideoInfo(float(fps), count, frame.shape[1], frame.shape[0])
     finally:
         cap.release()

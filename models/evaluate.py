@@ -1,0 +1,175 @@
+"""facebeam evaluate: a model's figures on any file of the FER2013 or UTKFace npz layouts.
+
+    python -m models.evaluate emotion --data ../shared/data/fer2013/fer2013_PublicTest.npz --json
+    python -m models.evaluate age-gender --data ../shared/data/utkface/utkface_train.npz --split validation
+
+Emotion: accuracy, per-class precision/recall/F1, confusion, ECE. Age-gender: age MAE, age-group
+accuracy, gender accuracy, and the same broken down by age band, gender and race (the bias table).
+``--plot DIR`` writes PNG figures (confusion matrix and reliability diagram; age scatter and errors
+by age group).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from models import data as fdata
+from models.metrics import age_gender_report, classification_report, reliability_bins
+from models.registry import resolve, verify
+
+__all__ = ["evaluate_emotion", "evaluate_age_gender", "main"]
+
+
+def _load(spec):
+    import keras
+
+    verify(spec)
+    return keras.models.load_model(spec.path, compile=False)
+
+
+def evaluate_emotion(model, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], tta: bool = False):
+    """(report dict, probabilities (N, C)) for uint8 (N, 48, 48) faces and int labels."""
+    from models.train import emotion_predict
+
+    probs = emotion_predict(model, images, tta=tta)
+    return classification_report(labels, probs, classes), probs
+
+
+def evaluate_age_gender(model, data: fdata.UtkData, tta: bool = False):
+    """(report dict, predicted ages (N,), P(female) (N,))."""
+    from models.train import age_gender_predict
+
+    age, p_female = age_gender_predict(model, data.images, tta=tta)
+    return age_gender_report(data.age, data.gender, age, p_female, data.race), age, p_female
+
+
+def _plot_emotion(report: dict, labels, probs, classes, directory: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    m = np.array(report["confusion"], float)
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion (row-normalised), accuracy {report['accuracy']:.3f}")
+    fig.colorbar(im)
+    fig.tight_layout()
+    paths = [directory / "confusion.png"]
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+    mean_conf, acc, count = reliability_bins(labels, probs)
+    used = count > 0
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.bar(mean_conf[used], acc[used], width=1 / 15, alpha=0.7, edgecolor="black")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability, ECE {report['ece']:.3f}")
+    fig.tight_layout()
+    paths.append(directory / "reliability.png")
+    fig.savefig(paths[1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def _plot_age_gender(report: dict, data: fdata.UtkData, age: np.ndarray, directory: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.5))
+    a.scatter(data.age, age, s=3, alpha=0.3)
+    a.plot([0, 100], [0, 100], "--", color="grey")
+    a.set_xlabel("true age")
+    a.set_ylabel("predicted age")
+    a.set_title(f"age, MAE {report['age_mae']:.2f}")
+    groups = [(g, v) for g, v in report["by_age_group"].items() if v.get("n")]
+    b.bar([g for g, _ in groups], [v["age_mae"] for _, v in groups])
+    b.set_ylabel("age MAE (years)")
+    b.set_title(f"by age group; gender accuracy {report['gender_accuracy']:.3f}")
+    b.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    path = directory / "age_gender.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
+
+
+def _text(task: str, report: dict) -> str:
+    if task == "emotion":
+        lines = [f"faces {report['n']}: accuracy {report['accuracy']:.4f}, macro F1 {report['macro_f1']:.4f}, "
+                 f"ECE {report['ece']:.4f}", "class      precision recall  f1     support"]
+        lines += [f"{c:<10} {v['precision']:.3f}     {v['recall']:.3f}   {v['f1']:.3f}  {v['support']}"
+                  for c, v in report["per_class"].items()]
+        return "\n".join(lines)
+    lines = [f"faces {report['n']}: age MAE {report['age_mae']:.2f}, age-group accuracy "
+             f"{report['age_group_accuracy']:.4f}, gender accuracy {report['gender_accuracy']:.4f}",
+             "group            faces  age MAE  gender acc"]
+    for key in ("by_age_group", "by_gender", "by_race"):
+        for name, g in report.get(key, {}).items():
+            if g.get("n"):
+                lines.append(f"{key[3:] + ' ' + name:<16} {g['n']:>5}  {g['age_mae']:>7.2f}  {g['gender_accuracy']:.4f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    p = argparse.ArgumentParser(prog="facebeam evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("task", choices=("emotion", "age-gender"), help="which model to evaluate")
+    p.add_argument("--data", required=True, help="npz in the FER2013 (emotion) or UTKFace (age-gender) layout")
+    p.add_argument("--model", default=None, help="shipped model name or .keras path (default: the shipped one)")
+    p.add_argument("--split", choices=("all", "validation", "train"), default="all",
+                   help="age-gender: every face, or the held-back validation split (hash of the file name)")
+    p.add_argument("--tta", action="store_true", help="average with the mirrored faces")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", default=None, help="directory for PNG figures")
+    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        if args.task == "emotion":
+            spec = resolve(args.model or "emotion_v1", "emotion")
+            fer = fdata.load_fer(args.data)
+            classes = spec.classes or fdata.LABEL_SETS["7"][0]
+            _, mapping = next((v for v in fdata.LABEL_SETS.values() if v[0] == tuple(classes)), fdata.LABEL_SETS["7"])
+            y = np.asarray(mapping)[fer.labels]
+            keep = y >= 0
+            report, probs = evaluate_emotion(_load(spec), fer.images[keep], y[keep], tuple(classes), args.tta)
+            plots = _plot_emotion(report, y[keep], probs, tuple(classes), Path(args.plot)) if args.plot else []
+        else:
+            spec = resolve(args.model or "age_gender_v1", "age-gender")
+            split = None if args.split == "all" else args.split == "validation"
+            utk = fdata.load_utkface(args.data, size=spec.input_shape[0], validation=split)
+            report, age, _ = evaluate_age_gender(_load(spec), utk, args.tta)
+            plots = _plot_age_gender(report, utk, age, Path(args.plot)) if args.plot else []
+    except (ValueError, FileNotFoundError) as e:
+        print(f"facebeam evaluate: error: {e}", file=sys.stderr)
+        return 2
+    report["model"] = spec.tag
+    report["data"] = str(args.data)
+    if plots:
+        report["plots"] = [str(p) for p in plots]
+    print(json.dumps(report) if args.json else _text(args.task, report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
