@@ -19,17 +19,18 @@ import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, TestOptions
 
 from models.handler import FaceModelHandler
 from models.registry import resolve
+from transforms import progress
 from transforms.annotate import Annotate
 from transforms.common import WithholdFailedSources
 from transforms.faces import DETECTORS, DetectFaces, DetectOptions, make_detector
 from transforms.inference import PredictAttributes
 from transforms.sinks import RunInfo, WriteResults
 from transforms.tracks import AssignTracks
-from transforms.sources import ReadOptions, ReadSources, expand_inputs
+from transforms.sources import ReadOptions, ReadSources, expand_inputs, list_input
 
 __all__ = ["AnalyzeOptions", "run", "build", "main", "build_argv"]
 
@@ -87,6 +88,8 @@ class AnalyzeOptions(PipelineOptions):
         g.add_argument("--run_id", default=None, help="identifier written into every row (default: time + random)")
         g.add_argument("--store_crops", action="store_true", default=False,
                        help="keep each face's aligned crop as a small JPEG in the faces table (crop_jpeg)")
+        g.add_argument("--quiet", action="store_true", default=False,
+                       help="no progress bar, no summary; errors only (see the sources table)")
         g.add_argument("--annotate", action="store_true", default=False,
                        help="write copies of the inputs with boxes and labels drawn into OUTPUT/annotated/")
 
@@ -151,12 +154,31 @@ def run(argv: list[str] | None = None, test_pipeline=None):
     read_options = ReadOptions(a.video_fps, a.max_frames_per_video, a.video_chunk_seconds, a.max_pixels, known)
     detect_options = DetectOptions(a.detector, a.min_face_size, a.min_confidence, a.detect_max_side)
 
+    show_progress = not a.quiet and test_pipeline is None and _runs_in_this_process(opts)
+    if show_progress:
+        progress.start(_count_inputs(patterns))
     pipeline = test_pipeline or beam.Pipeline(options=opts)
-    with pipeline as p:
-        build(p, patterns, output, handler, run_info, read_options, detect_options, num_shards=a.num_shards,
-              store_crops=a.store_crops, annotate=a.annotate)
+    try:
+        with pipeline as p:
+            build(p, patterns, output, handler, run_info, read_options, detect_options, num_shards=a.num_shards,
+                  store_crops=a.store_crops, annotate=a.annotate)
+    finally:
+        progress.close()
     _remove_empty_temp_dirs(output)
     return getattr(pipeline, "result", None), output
+
+
+def _runs_in_this_process(opts: PipelineOptions) -> bool:
+    """True for the local runner with its workers in this process (where a progress bar can follow them)."""
+    runner = str(opts.view_as(StandardOptions).runner or "").rsplit(".", 1)[-1]
+    direct = opts.view_as(DirectOptions)
+    return runner in ("FnApiRunner", "DirectRunner") and (direct.direct_num_workers or 1) == 1 \
+        and direct.direct_running_mode != "multi_processing"
+
+
+def _count_inputs(patterns: list[tuple[str, bool]]) -> int:
+    """The number of distinct inputs the patterns match (listed again, so only for local runs)."""
+    return len({entry.uri for pattern, is_dir in patterns for entry in list_input(pattern, is_dir)})
 
 
 def _remove_empty_temp_dirs(output: str) -> None:
@@ -205,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         print("dry run: the job graph was built; nothing was read or written")
         return 0
     summary = summarize(output)
-    print(format_summary(summary, output))
+    if not PipelineOptions(build_argv(argv)).view_as(AnalyzeOptions).quiet:
+        print(format_summary(summary, output))
     if summary["error"] and PipelineOptions(build_argv(argv)).view_as(AnalyzeOptions).fail_on_error:
         print(f"facebeam analyze: {summary['error']} input(s) failed (--fail_on_error)", file=sys.stderr)
         return 1

@@ -7,7 +7,7 @@ import re
 
 import pyarrow.dataset as ds
 
-__all__ = ["summarize", "format_summary", "read_table", "previous_contents"]
+__all__ = ["summarize", "format_summary", "parse_summary", "SUMMARY_COLUMNS", "read_table", "previous_contents"]
 
 
 def read_table(output: str, name: str):
@@ -74,17 +74,33 @@ def _one_line(text: str) -> str:
     return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
 
 
+SUMMARY_COLUMNS = ("inputs", "images", "videos", "frames", "ok", "no_face", "error", "skipped", "faces")
+
+
 def format_summary(summary: dict, output: str) -> str:
+    """The run's counts as a small table, the emotions found, the first errors and where the output is."""
+    values = [str(summary.get(c, 0)) for c in SUMMARY_COLUMNS]
+    widths = [max(len(c), len(v)) for c, v in zip(SUMMARY_COLUMNS, values)]
     lines = [
-        f"inputs {summary['inputs']} ({summary['images']} images, {summary['videos']} videos, "
-        f"{summary['frames']} frames): ok {summary['ok']}, no_face {summary['no_face']}, error {summary['error']}"
-        + (f", skipped {summary['skipped']} (analysed by an earlier run)" if summary.get("skipped") else ""),
-        f"faces {summary['faces']}" + (": " + ", ".join(f"{k} {v}" for k, v in summary["emotions"].items())
-                                       if summary["emotions"] else ""),
+        "  ".join(c.ljust(w) for c, w in zip(SUMMARY_COLUMNS, widths)).rstrip(),
+        "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip(),
     ]
+    if summary["emotions"]:
+        lines.append("emotions: " + ", ".join(f"{k} {v}" for k, v in summary["emotions"].items()))
+    if summary.get("skipped"):
+        lines.append(f"skipped: {summary['skipped']} inputs analysed by an earlier run (see previous_run_id)")
     for uri, stage, error in summary["errors"][:20]:
         lines.append(f"  error at {stage}: {_one_line(uri)}: {_one_line(error or '')}")
     if len(summary["errors"]) > 20:
         lines.append(f"  ... and {len(summary['errors']) - 20} more errors (see the sources table)")
-    lines.append(f"output: {output}/faces-*.parquet, {output}/sources-*.parquet")
+    lines.append(f"output: {output}/faces-*.parquet, {output}/sources-*.parquet, {output}/tracks-*.parquet")
     return "\n".join(lines)
+
+
+def parse_summary(text: str) -> dict[str, int]:
+    """The counts of a printed summary table (the inverse of the table part of ``format_summary``)."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines[:-1]):
+        if line.split() == list(SUMMARY_COLUMNS):
+            return dict(zip(SUMMARY_COLUMNS, map(int, lines[i + 1].split())))
+    raise ValueError("no summary table in the text")

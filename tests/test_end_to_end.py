@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipelines import cli
-from pipelines.summary import read_table
+from pipelines.summary import parse_summary, read_table
 from tests.conftest import EXAMPLES
 
 SOLVAY, OBAMA = "solvay_conference.jpg", "obama_family.jpg"
@@ -90,7 +90,9 @@ def test_broken_files_are_errors_and_others_succeed(e2e):
     assert sources["truncated.jpg"][0]["status"] == "error" and sources["truncated.jpg"][0]["stage"] == "decode"
     assert sources["text.jpg"][0]["status"] == "error" and "not an image" in sources["text.jpg"][0]["error"]
     assert {sources[n][0]["status"] for n in (SOLVAY, OBAMA, CLIP)} == {"ok"}
-    assert "error 2" in e2e[1] and "faces" in e2e[1]
+    counts = parse_summary(e2e[1])
+    assert (counts["inputs"], counts["ok"], counts["error"], counts["skipped"]) == (5, 3, 2, 0)
+    assert counts["faces"] == len(read_table(str(e2e[0]), "faces"))
 
 
 def test_output_reads_in_pyarrow_pandas_duckdb(e2e):

@@ -151,3 +151,22 @@ def test_read_sources_dead_letters(corpus):
 def test_input_matching_nothing_is_refused_up_front(tmp_path):
     with pytest.raises(ValueError, match="matches no file"):
         expand_inputs([str(tmp_path / "nothing-*.jpg")])
+
+
+def test_progress_counts_every_file_and_face(corpus, tmp_path):
+    import io
+
+    from transforms import progress
+
+    patterns = expand_inputs([str(corpus / "in"), str(corpus / "notes.txt")])
+    shown = io.StringIO()
+    progress.start(10, file=shown)
+    try:
+        with _pipeline() as p:
+            build(p, patterns, str(tmp_path / "out"), FakeHandler(), RUN, ReadOptions(video_fps=5.0, video_chunk_seconds=1.0),
+                  DetectOptions(min_face_size=10), detector_factory=fake_detector_factory)
+        # every input once, whatever became of it; faces as detected (the failing picture's are lost)
+        assert progress.state() == (10, 6)
+    finally:
+        progress.close()
+    assert "10/10" in shown.getvalue() and progress.state() is None

@@ -98,3 +98,13 @@ def test_ferplus_soft_labels():
 def test_label_sets_map_every_fer_class():
     for name, (classes, mapping) in fdata.LABEL_SETS.items():
         assert len(mapping) == 7 and max(mapping) == len(classes) - 1, name
+
+
+def test_summary_table_round_trips():
+    from pipelines.summary import format_summary, parse_summary
+
+    summary = {"inputs": 12, "images": 10, "videos": 2, "frames": 40, "ok": 9, "no_face": 1, "error": 1, "skipped": 1,
+               "faces": 123, "emotions": {"happy": 100, "sad": 23}, "errors": [("/a.jpg", "decode", "bad")]}
+    text = format_summary(summary, "/out")
+    assert parse_summary(text) == {k: summary[k] for k in parse_summary(text)}
+    assert "emotions: happy 100, sad 23" in text and "error at decode: /a.jpg: bad" in text

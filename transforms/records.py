@@ -28,6 +28,7 @@ class SourceTask(NamedTuple):
     start_frame: int = 0
     end_frame: int | None = None
     fps: float = 0.0
+    last: bool = True  # the source's last task (progress reporting counts the file as done)
 
 
 class Frame(NamedTuple):

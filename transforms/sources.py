@@ -36,7 +36,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import imaging, video
+from transforms import imaging, progress, video
 from transforms.common import DeadLettersToErrors, count
 from transforms.records import ErrorRecord, Frame, SourceFile, SourceTask
 
@@ -314,6 +314,16 @@ class _PlanTasksFn(beam.DoFn):
         self._options = options
 
     def process(self, entry: Listed):
+        planned = False
+        try:
+            for task in self._plan(entry):
+                planned = planned or isinstance(task, SourceTask)
+                yield task
+        finally:
+            if not planned:  # failed or skipped here: nothing left to do for this file
+                progress.file_done()
+
+    def _plan(self, entry: Listed):
         # 1. What the listing found wrong, or a type we do not read.
         if entry.problem:
             raise ReadError(entry.problem)
@@ -344,8 +354,9 @@ class _PlanTasksFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(self.FAILED, ErrorRecord(entry.uri, "decode", f"VideoError: {e}"))
                 return
         chunk = int(round(self._options.video_chunk_seconds * info.fps))
-        for start, end in video.split_ranges(info.frame_count, chunk):
-            yield SourceTask(entry.uri, "video", start, end, info.fps)
+        ranges = video.split_ranges(info.frame_count, chunk)
+        for k, (start, end) in enumerate(ranges):
+            yield SourceTask(entry.uri, "video", start, end, info.fps, last=k == len(ranges) - 1)
 
 
 class _local_copy:
@@ -384,6 +395,14 @@ class _DecodeFn(beam.DoFn):
         self._options = options
 
     def process(self, task: SourceTask):
+        try:
+            yield from self._decode(task)
+        finally:
+            # Frames are detected as they are yielded (fused stages), so the file is done here.
+            if task.last:
+                progress.file_done()
+
+    def _decode(self, task: SourceTask):
         n = 0
         if task.source_type == "image":
             # 1. Read the bytes; an unreadable file is a read error, not a decode error.
