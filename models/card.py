@@ -85,7 +85,7 @@ def _age_gender_figures(rec: dict) -> list[str]:
 def render(name: str) -> str:
     rec = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
     task = rec["task"]
-    minutes = sum(1 for _ in rec.get("history", []))
+    epochs = len(rec.get("history", []))
     lines = [
         f"# Model card: {name}", "",
         f"- Task: {'emotion (' + ', '.join(rec['classes']) + ')' if task == 'emotion' else 'age (years, regression) and gender (P(female))'}",
@@ -99,8 +99,10 @@ def render(name: str) -> str:
         "```", rec["command"], "```", "",
         "| setting | value |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in rec["recipe"].items()], "",
-        f"Epochs recorded: {minutes}. Time of the last sitting: {rec['train_seconds_this_sitting'] / 60:.0f} min "
-        "(2 CPU cores shared with a second training, 1 TensorFlow thread).", "",
+        f"Epochs trained: {epochs} of the {rec['recipe']['epochs']}-epoch schedule, the best on the validation "
+        f"data kept. The command resumes from the last finished epoch in its `--workdir`, so a run may take "
+        f"several sittings; the last one took {rec['train_seconds_this_sitting'] / 60:.0f} min on 2 CPU cores. "
+        "Reproduce with the same command (seeded; CPU thread scheduling makes runs differ slightly).", "",
         *(_emotion_figures(rec) if task == "emotion" else _age_gender_figures(rec)), "",
         "## Training history", "",
         *_history_table(rec.get("history", []),

@@ -19,8 +19,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 # sha256 of the shipped weights; each model card states the same value.
 SHIPPED: dict[str, str] = {
-    "emotion_v1": "9a5b0c535c75b783058aefca183d99a48b449771396fa5f62de67640be79e4c6",
-    "age_gender_v1": "852270b8548ef51954fdbcbff751a8344e269fb6ed9077da4d9e5979f6cc3430",
+    "emotion_v1": "07491eec8982e1f1071852d3ef435d258331943a6eaa420208c817b659e3e902",
+    "age_gender_v1": "8864373957367e1492e335cb099e409a8ba4bc5e40a996bdb1815e1e98050e4d",
 }
 
 

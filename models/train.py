@@ -11,10 +11,8 @@ validation data is kept and written to ``--out`` with a JSON record of the recip
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import os
 import shlex
 import sys
 import time
@@ -24,18 +22,11 @@ import numpy as np
 
 from models import data as fdata
 from models.metrics import age_gender_report, classification_report
+from models.registry import sha256_of
 
 LOG = logging.getLogger("facebeam.train")
 
-__all__ = ["main", "train_emotion", "train_age_gender", "sha256_of"]
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["main", "train_emotion", "train_age_gender"]
 
 
 def _set_threads(threads: int) -> None:
