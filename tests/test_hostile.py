@@ -27,6 +27,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from PIL import Image
 
+from models.registry import sha256_of
 from pipelines.analyze import build
 from pipelines.summary import parse_summary, previous_contents, read_table, summarize
 from tests.conftest import EXAMPLES, ROOT, gradient_image, write_image, write_video
@@ -35,7 +36,7 @@ from transforms import imaging, video
 from transforms.faces import DetectOptions
 from transforms.records import ErrorRecord, SourceFile
 from transforms.sinks import SOURCES_SCHEMA, RunInfo, source_row
-from transforms.sources import (Listed, ReadOptions, SourceContent, expand_inputs, list_input, sha256_file,
+from transforms.sources import (Listed, ReadOptions, SourceContent, expand_inputs, list_input,
                                 walk_local)
 
 RUN = RunInfo("hostile-run", SPECS[0].tag, SPECS[1].tag)
@@ -616,10 +617,10 @@ def test_non_utf8_names_become_printable_errors(tmp_path):
     entry.uri.encode("utf-8")
 
 
-def test_sha256_file_streams(tmp_path):
+def test_sha256_of_streams(tmp_path):
     data = os.urandom(3 * (1 << 20) + 17)
     path = write_bytes(tmp_path / "blob.bin", data)
-    assert sha256_file(str(path)) == hashlib.sha256(data).hexdigest()
+    assert sha256_of(str(path)) == hashlib.sha256(data).hexdigest()
 
 
 def test_source_row_skipped_and_hashed():
@@ -656,7 +657,8 @@ def test_real_cli_on_hostile_subset(tmp_path, capsys):
 
     assert cli.main(["analyze", "--input", str(d), "--output", str(first), "--run_id", "real-1"]) == 0
     printed = capsys.readouterr().out
-    assert "inputs 9" in printed and "error 7" in printed
+    counts = parse_summary(printed)
+    assert (counts["inputs"], counts["error"]) == (9, 7)
     rows = {Path(r["source_uri"]).name: r for r in read_table(str(first), "sources").to_pylist()}
     assert (rows["obama family.jpg"]["status"], rows["obama family.jpg"]["faces"]) == ("ok", 4)
     assert rows["cmyk.jpg"]["status"] in ("ok", "no_face") and rows["cmyk.jpg"]["frames"] == 1

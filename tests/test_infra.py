@@ -54,3 +54,19 @@ def test_flink_compose_services():
     for name, service in services.items():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), (name, port)
+
+
+def test_setup_file_builds_the_package_dataflow_stages(tmp_path):
+    """What ``--setup_file ./setup.py`` ships to Dataflow workers: the code and the shipped weights."""
+    import tarfile
+
+    from apache_beam.runners.portability.stager import Stager
+
+    sdist = Stager._build_setup_package(str(ROOT / "setup.py"), str(tmp_path))
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    for needed in ("setup.py", "README.md", "pipelines/analyze.py", "transforms/sources.py", "models/handler.py",
+                   "models/weights/emotion_v1.keras", "models/weights/emotion_v1.json",
+                   "models/weights/age_gender_v1.keras", "models/cards/emotion_v1.md"):
+        assert needed in names, needed
+    assert not any(n.startswith(("tests/", "runs/", "examples/")) for n in names)

@@ -135,7 +135,8 @@ def test_dataflow_job_graph_builds_offline(tmp_path, monkeypatch):
                      "--project=facebeam-example", "--region=us-central1", "--temp_location=gs://facebeam-example/tmp",
                      "--setup_file", str(ROOT / "setup.py"), "--dry_run=True"])
     names = {t.unique_name for t in result.job.proto_pipeline.components.transforms.values()}
-    for step in ("ReadSources/MatchDirectories", "ReadSources/SpreadFiles", "ReadSources/SpreadTasks",
+    for step in ("ReadSources/List", "ReadSources/SpreadFiles", "ReadSources/SpreadTasks",
                  "ReadSources/Decode", "DetectFaces/Detect", "DetectFaces/SpreadFaces",
-                 "PredictAttributes/RunInference", "WriteResults/WriteFaces", "WriteResults/WriteSources"):
+                 "PredictAttributes/RunInference", "AssignTracks/GroupVideo", "WriteResults/WriteFaces",
+                 "WriteResults/WriteSources", "WriteResults/WriteTracks"):
         assert step in names, step

@@ -36,6 +36,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
+from models.registry import sha256_of
 from transforms import imaging, progress, video
 from transforms.common import DeadLettersToErrors, count
 from transforms.records import ErrorRecord, Frame, SourceFile, SourceTask
@@ -52,7 +53,6 @@ __all__ = [
     "expand_inputs",
     "list_input",
     "walk_local",
-    "sha256_file",
     "source_type_of",
 ]
 
@@ -62,7 +62,6 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", "
 # Animated GIFs are read as videos (OpenCV decodes them frame by frame).
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", ".gif", ".mpg", ".mpeg", ".wmv"})
 
-_HASH_CHUNK = 1 << 20
 
 
 class ReadError(ValueError):
@@ -281,15 +280,6 @@ def walk_local(root: str, max_depth: int | None = None) -> Iterator[Listed]:
         stack.extend((d, depth + 1) for d in reversed(subdirs))
 
 
-def sha256_file(path: str) -> str:
-    """Hex sha256 of a local file, streamed in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _to_source_file(entry: Listed) -> SourceFile:
     """The sources-table identity of a listed file (type 'unknown' for unsupported ones)."""
     return SourceFile(entry.uri, source_type_of(entry.uri) or "unknown", int(entry.size_bytes))
@@ -339,7 +329,7 @@ class _PlanTasksFn(beam.DoFn):
         # 3. A video: one streamed pass for the hash, then skip it or probe it and plan its ranges.
         with _local_copy(entry.uri) as path:
             try:
-                digest = sha256_file(path)
+                digest = sha256_of(path)
             except OSError as e:
                 raise ReadError(f"cannot read the file: {e.strerror or e}") from None
             previous = (self._options.known_content or {}).get(digest)
