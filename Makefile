@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+bench: install
+	$(BIN)/python -m bench.run --n 100
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache

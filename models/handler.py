@@ -8,7 +8,7 @@ model, already framed to the model's template: (emotion input, age-gender input)
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
@@ -26,23 +26,44 @@ class FaceModels:
     """The loaded models (a dataclass: Beam's shared-model cache needs a weak reference to it).
 
     ``predict`` is the only call the handler makes, so the models can also live in another process
-    behind Beam's multi-process proxy (``large_model``).
+    behind Beam's multi-process proxy (``large_model``): it takes and returns numpy arrays only.
     """
 
     emotion: Any  # keras.Model
     age_gender: Any  # keras.Model
+    # The traced forward passes, one per flip_tta value, built on first use in the process that predicts.
+    _graphs: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def predict(self, x_emotion: np.ndarray, x_age: np.ndarray, flip_tta: bool = False):
         """(emotion (N, 7), age (N,), P(female) (N,)) for float32 (N, S, S, 1) and (N, S, S, 3) pixels."""
-        emotion = np.asarray(self.emotion(x_emotion, training=False))
-        out = self.age_gender(x_age, training=False)
-        age, p_female = np.asarray(out["age"])[:, 0], np.asarray(out["gender"])[:, 0]
-        if flip_tta:
-            emotion = (emotion + np.asarray(self.emotion(x_emotion[:, :, ::-1], training=False))) / 2
-            flipped = self.age_gender(x_age[:, :, ::-1], training=False)
-            age = (age + np.asarray(flipped["age"])[:, 0]) / 2
-            p_female = (p_female + np.asarray(flipped["gender"])[:, 0]) / 2
-        return emotion, age, p_female
+        graph = self._graphs.get(flip_tta) or self._graphs.setdefault(flip_tta, self._trace(flip_tta))
+        emotion, age, p_female = graph(np.asarray(x_emotion, np.float32), np.asarray(x_age, np.float32))
+        return emotion.numpy(), age.numpy(), p_female.numpy()
+
+    def _trace(self, flip_tta: bool):
+        """Both models as one TensorFlow graph for any batch size.
+
+        Called eagerly, Keras runs each layer from Python: for batches of a few faces that costs
+        more than the arithmetic. The unknown batch dimension in the signature means one trace
+        serves every batch, so nothing is traced again as RunInference's batch sizes vary.
+        """
+        import tensorflow as tf
+
+        spec = [tf.TensorSpec((None, *self.emotion.input_shape[1:]), tf.float32),
+                tf.TensorSpec((None, *self.age_gender.input_shape[1:]), tf.float32)]
+
+        def forward(x_emotion, x_age):
+            emotion = self.emotion(x_emotion, training=False)
+            out = self.age_gender(x_age, training=False)
+            age, p_female = out["age"][:, 0], out["gender"][:, 0]
+            if flip_tta:
+                emotion = (emotion + self.emotion(tf.reverse(x_emotion, [2]), training=False)) / 2
+                flipped = self.age_gender(tf.reverse(x_age, [2]), training=False)
+                age = (age + flipped["age"][:, 0]) / 2
+                p_female = (p_female + flipped["gender"][:, 0]) / 2
+            return emotion, age, p_female
+
+        return tf.function(forward, input_signature=spec)
 
 
 class FaceAttributes(NamedTuple):

@@ -1,0 +1,311 @@
+"""The three timed runs over one corpus directory, each meant to run in a fresh process.
+
+    python -m bench.measure {pipeline|sequential|detection} CORPUS_DIR RESULT_JSON [BEAM FLAGS...]
+
+- ``pipeline``: facebeam end to end, ``pipelines.analyze.run`` on Beam's default local runner; per-stage
+  times from Beam's execution-time metrics (milliseconds per transform).
+- ``sequential``: the same detector and models in a plain loop, one model call per face and model
+  (as deepface and fer apply their models), decoding with OpenCV.
+- ``detection``: decode + detection alone, at the pipeline's detection scale: the detection-bound limit.
+
+Heavy libraries are imported before the clock starts, in every mode alike; model and detector
+loading are inside the timed region. The result JSON also holds the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+__all__ = ["MODES", "measure"]
+
+MODES = ("pipeline", "sequential", "detection")
+PHOTO_EXTENSIONS = {".jpg", ".jpeg", ".png"}
+
+# Beam transform-name prefixes -> benchmark stage, first match wins.
+STAGE_OF_TRANSFORM = (
+    ("DetectFaces/Detect", "detect+align"),
+    ("ReadSources/Decode", "decode"),
+    ("ReadSources/", "list+plan"),
+    ("PredictAttributes/ModelInputs", "model inputs"),
+    ("PredictAttributes/RunInference", "infer"),
+    ("PredictAttributes/", "infer"),
+    ("WriteResults/", "rows+write"),
+)
+
+
+def _peak_rss_mib(with_children: bool) -> dict[str, float]:
+    """Peak resident memory of this process (and of its worker processes, for a multi-process runner)."""
+    peak = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if with_children:
+        peak["peak_rss_workers_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+    return peak
+
+
+def _media(corpus: Path) -> list[Path]:
+    return sorted(p for p in corpus.iterdir() if p.is_file())
+
+
+def _frames(path: Path, decode):
+    """(frame_index, timestamp, RGB image) for a photo or the frames the pipeline samples from a clip."""
+    from transforms import video
+
+    if path.suffix.lower() in PHOTO_EXTENSIONS:
+        yield None, None, decode(path)
+        return
+    info = video.probe_video(str(path))
+    # the pipeline's defaults: 1 frame per second, no cap
+    yield from video.read_frames(str(path), info.fps, 1.0, 0)
+
+
+def _decode_cv2(path: Path):
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _decode_facebeam(path: Path):
+    from transforms import imaging
+
+    return imaging.decode_image(path.read_bytes())
+
+
+class _Clock:
+    """Seconds spent per named stage."""
+
+    def __init__(self):
+        self.totals: dict[str, float] = defaultdict(float)
+
+    def timed(self, stage: str, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.totals[stage] += time.perf_counter() - t0
+
+    def rounded(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self.totals.items()}
+
+
+def _beam_msecs(result) -> dict[str, float]:
+    """Seconds of processing per transform, from the runner's execution-time monitoring infos."""
+    from apache_beam.coders import VarIntCoder
+
+    seconds: dict[str, float] = defaultdict(float)
+    infos = getattr(result, "monitoring_infos", None)
+    if infos is None:
+        return {}
+    coder = VarIntCoder()
+    for info in infos():
+        if info.urn == "beam:metric:ptransform_execution_time:total_msecs:v1":
+            seconds[info.labels.get("PTRANSFORM", "?")] += coder.decode(info.payload) / 1000
+    return dict(seconds)
+
+
+def _by_stage(per_transform: dict[str, float]) -> dict[str, float]:
+    stages: dict[str, float] = defaultdict(float)
+    for name, secs in per_transform.items():
+        stage = next((s for prefix, s in STAGE_OF_TRANSFORM if name.startswith(prefix)), "shuffles+other")
+        stages[stage] += secs
+    return {k: round(v, 3) for k, v in sorted(stages.items())}
+
+
+def _warm_imports():
+    for name in ("apache_beam", "cv2", "keras", "mtcnn", "pyarrow.parquet", "tensorflow", "pipelines.analyze"):
+        importlib.import_module(name)
+
+
+class _Spy:
+    """Adds the time spent in chosen methods to named totals while active (the runner is in-process)."""
+
+    def __init__(self, targets: dict[str, list[tuple[type, str]]]):
+        self._targets = targets
+        self._saved: list[tuple[type, str, object]] = []
+        self.totals: dict[str, float] = defaultdict(float)
+
+    def __enter__(self):
+        for name, methods in self._targets.items():
+            for cls, attr in methods:
+                orig = getattr(cls, attr)
+                self._saved.append((cls, attr, orig))
+
+                def timed(*args, _orig=orig, _name=name, **kwargs):
+                    t0 = time.perf_counter()
+                    try:
+                        return _orig(*args, **kwargs)
+                    finally:
+                        self.totals[_name] += time.perf_counter() - t0
+
+                setattr(cls, attr, timed)
+        return self
+
+    def __exit__(self, *exc):
+        for cls, attr, orig in reversed(self._saved):
+            setattr(cls, attr, orig)
+
+
+def run_pipeline(corpus: Path, extra_args: list[str]) -> dict:
+    """facebeam end to end on ``corpus``; faces counted from the Parquet output."""
+    import pyarrow.parquet as pq
+
+    from models.handler import FaceModelHandler, FaceModels
+    from pipelines import analyze
+    from transforms import faces
+
+    # Time inside the fused steps, to split them (only seen with the in-process runner).
+    spy = _Spy({
+        "detector calls": [(faces._Mtcnn, "__call__"), (faces._Haar, "__call__")],
+        "detector load": [(faces._Mtcnn, "__init__"), (faces._Haar, "__init__")],
+        "model calls": [(FaceModels, "predict")],
+        "model load": [(FaceModelHandler, "load_model")],
+    })
+    with tempfile.TemporaryDirectory(prefix="facebeam-bench-out-") as out, spy:
+        argv = ["--input", str(corpus), "--output", out, "--overwrite", *extra_args]
+        t0, c0 = time.perf_counter(), time.process_time()
+        result, output = analyze.run(argv)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        face_files = sorted(Path(output).glob("faces-*.parquet"))
+        source_files = sorted(Path(output).glob("sources-*.parquet"))
+        n_faces = sum(pq.read_metadata(f).num_rows for f in face_files)
+        sources = pq.read_table(source_files, columns=["status", "frames"]).to_pylist() if source_files else []
+    per_transform = _beam_msecs(result)
+    stages = _by_stage(per_transform)
+    top = sorted(per_transform.items(), key=lambda kv: -kv[1])[:12]
+    inside = {k: round(v, 3) for k, v in spy.totals.items()}
+    if "detect+align" in stages and "detector calls" in inside:
+        stages["detect: detector calls"] = inside["detector calls"]
+        # Beam samples its execution times (to about 0.1 s): a small negative rest is sampling error.
+        stages["detect: align + crop, rest"] = round(max(stages.pop("detect+align") - inside["detector calls"], 0.0), 3)
+    if "infer" in stages and "model calls" in inside:
+        stages["infer: model calls"] = inside["model calls"]
+        stages["infer: batching + rest"] = round(max(stages.pop("infer") - inside["model calls"], 0.0), 3)
+    stages["outside transforms: start-up, setup, runner"] = round(wall - sum(per_transform.values()), 3)
+    return {
+        "seconds": round(wall, 3),
+        "cpu_seconds": round(cpu, 3),
+        "files": len(sources),
+        "frames": sum(s["frames"] or 0 for s in sources),
+        "faces": n_faces,
+        "errors": sum(s["status"] == "error" for s in sources),
+        "stages": stages,
+        "inside": inside,
+        "top_transforms": {name: round(secs, 3) for name, secs in top},
+        "beam_args": extra_args,
+    }
+
+
+def run_sequential(corpus: Path) -> dict:
+    """Detector + aligner + one call per face and model, in a plain loop; rows written once at the end."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from models.handler import FaceModelHandler
+    from models.registry import resolve
+    from transforms.faces import DetectOptions, faces_in_frame, make_detector
+    from transforms.inference import model_inputs
+    from transforms.records import Frame
+
+    clock = _Clock()
+    t0, c0 = time.perf_counter(), time.process_time()
+    specs = resolve("emotion_v1", "emotion"), resolve("age_gender_v1", "age-gender")
+    detector = clock.timed("load", make_detector, "mtcnn")
+    models = clock.timed("load", FaceModelHandler(*specs).load_model)
+    options = DetectOptions()
+    rows, files, frames = [], 0, 0
+    for path in _media(corpus):
+        files += 1
+        decoded = _frames(path, _decode_cv2)
+        while True:
+            item = clock.timed("decode", next, decoded, None)
+            if item is None:
+                break
+            index, ts, image = item
+            frames += 1
+            frame = Frame(str(path), "image" if index is None else "video", index, ts, image)
+            crops = clock.timed("detect+align", faces_in_frame, frame, detector, options)
+            for face in crops:
+                x_emotion = clock.timed("model inputs", model_inputs, face.crop, specs[0])[None, ..., None]
+                x_age = clock.timed("model inputs", model_inputs, face.crop, specs[1])[None]
+                x_emotion, x_age = x_emotion.astype(np.float32), x_age.astype(np.float32)
+                emotion = clock.timed("infer", lambda: np.asarray(models.emotion(x_emotion, training=False))[0])
+                out = clock.timed("infer", models.age_gender, x_age, training=False)
+                rows.append({"source_uri": face.source_uri, "face_index": face.face_index,
+                             "emotion": int(np.argmax(emotion)), "age": float(np.asarray(out["age"])[0, 0]),
+                             "p_female": float(np.asarray(out["gender"])[0, 0])})
+    with tempfile.TemporaryDirectory(prefix="facebeam-bench-seq-") as out_dir:
+        clock.timed("write", pq.write_table, pa.Table.from_pylist(rows), os.path.join(out_dir, "faces.parquet"))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"seconds": round(wall, 3), "cpu_seconds": round(cpu, 3), "files": files, "frames": frames,
+            "faces": len(rows), "stages": clock.rounded()}
+
+
+def run_detection(corpus: Path) -> dict:
+    """Decode (facebeam's decoder) + MTCNN at the pipeline's detection scale, nothing else."""
+    from transforms import imaging
+    from transforms.faces import DetectOptions, make_detector
+
+    clock = _Clock()
+    t0, c0 = time.perf_counter(), time.process_time()
+    detector = clock.timed("load", make_detector, "mtcnn")
+    options = DetectOptions()
+    files = frames = detections = 0
+    for path in _media(corpus):
+        files += 1
+        decoded = _frames(path, _decode_facebeam)
+        while True:
+            item = clock.timed("decode", next, decoded, None)
+            if item is None:
+                break
+            image = item[2]
+            frames += 1
+            h, w = image.shape[:2]
+            scale = imaging.detection_scale(w, h, options.min_face_size, options.max_side, detector.min_face)
+            found = clock.timed("detect (resize + detector)", lambda: detector(imaging.resize_by(image, scale)))
+            detections += len(found)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"seconds": round(wall, 3), "cpu_seconds": round(cpu, 3), "files": files, "frames": frames,
+            "detections": detections, "stages": clock.rounded()}
+
+
+def measure(mode: str, corpus: Path, extra_args: list[str] | None = None) -> dict:
+    """Runs one mode in this process and returns its figures, peak RSS included."""
+    _warm_imports()
+    if mode == "pipeline":
+        result = run_pipeline(corpus, list(extra_args or []))
+    elif mode == "sequential":
+        result = run_sequential(corpus)
+    elif mode == "detection":
+        result = run_detection(corpus)
+    else:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    result["mode"] = mode
+    result.update(_peak_rss_mib("multi_processing" in " ".join(extra_args or [])))
+    return result
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    mode, corpus, out = argv[0], Path(argv[1]), Path(argv[2])
+    import logging
+
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    result = measure(mode, corpus, argv[3:])
+    out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
