@@ -69,7 +69,9 @@ def _wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 60) -> No
 def portable_services(tmp_path_factory):
     """Beam's job service and an external SDK worker pool, on loopback."""
     job_port, worker_port = _free_port(), _free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    # The pool starts each SDK worker as plain `python`: this interpreter's, first on PATH.
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2",
+               PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
     logs = tmp_path_factory.mktemp("services")
     procs = [
         subprocess.Popen([sys.executable, "-m", "tests.loopback", "apache_beam.runners.portability.local_job_service_main",
