@@ -141,7 +141,8 @@ def to_markdown(results: dict) -> str:
     lines = ["# facebeam benchmark\n\n",
              f"Machine: {machine['cpus']} CPUs, load average (1, 5, 15 min) {results['load_before']} before and "
              f"{results['load_after']} after; Python {machine['python']}, TensorFlow {machine['tensorflow']}; "
-             f"{results['when']}; {results['repeat']} run(s) per mode, the fastest shown.\n\n",
+             f"{results['when']}; {results['repeat']} run(s) per mode, the fastest shown. Models: "
+             f"{', '.join(results['models'].values())}.\n\n",
              f"Corpus: {results['corpus']}.\n\n",
              f"Baseline: {results['baseline']}.\n\n",
              "## Throughput\n\n", head,
@@ -198,43 +199,65 @@ def main(argv=None) -> int:
         raise SystemExit(f"unknown modes {sorted(unknown)}; choose from {MODES}")
     corpus_root = Path(args.corpus_dir) if args.corpus_dir else Path(tempfile.mkdtemp(prefix="facebeam-bench-corpus-"))
     sources = find_sources(args.media) if args.media else find_sources()
-    load_before = [round(x, 2) for x in os.getloadavg()]
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    context = {
+        "load_before": [round(x, 2) for x in os.getloadavg()],
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "repeat": args.repeat,
+        "models": _model_tags(),
+    }
+    runs: list[dict] = []
     try:
         print(f"building a corpus of {max(sizes)} files from {len(sources)} sources in {corpus_root}", flush=True)
         paths = build_corpus(max(sizes), corpus_root / "pool", args.seed, sources)
-        runs = []
         for n in sizes:
             corpus = link_corpus(paths[:n], corpus_root / f"n{n}")
-            samples: dict[str, list[dict]] = {mode: [] for mode in modes}
-            for r in range(max(args.repeat, 1)):
-                k = r % len(modes)
-                for mode in modes[k:] + modes[:k]:
-                    t0 = time.perf_counter()
-                    samples[mode].append(_rates(_measure(mode, corpus, args.beam_arg)))
-                    print(f"N={n} {mode}: {samples[mode][-1]['seconds']:.1f} s "
-                          f"({time.perf_counter() - t0:.0f} s with start-up)", flush=True)
-            results = {}
-            for mode, runs_of_mode in samples.items():
-                results[mode] = min(runs_of_mode, key=lambda x: x["seconds"])
-                results[mode]["all_seconds"] = [x["seconds"] for x in runs_of_mode]
-            runs.append(_summarise(n, results))
+            runs.append(_summarise(n, _run_modes(n, corpus, modes, args.repeat, args.beam_arg)))
+            # written after every N, so that a later failure keeps the sizes already measured
+            _write(Path(args.out), _results(runs, sources, context))
     finally:
         if not args.corpus_dir:
             shutil.rmtree(corpus_root, ignore_errors=True)
+    print(to_markdown(_results(runs, sources, context)))
+    return 0
+
+
+def _run_modes(n: int, corpus: Path, modes: list[str], repeat: int, beam_args: list[str]) -> dict:
+    """Each mode ``repeat`` times in rotating order; the fastest run of each mode, with all its times."""
+    samples: dict[str, list[dict]] = {mode: [] for mode in modes}
+    for r in range(max(repeat, 1)):
+        k = r % len(modes)
+        for mode in modes[k:] + modes[:k]:
+            t0 = time.perf_counter()
+            samples[mode].append(_rates(_measure(mode, corpus, beam_args)))
+            print(f"N={n} {mode}: {samples[mode][-1]['seconds']:.1f} s "
+                  f"({time.perf_counter() - t0:.0f} s with start-up)", flush=True)
+    results = {}
+    for mode, runs_of_mode in samples.items():
+        results[mode] = min(runs_of_mode, key=lambda x: x["seconds"])
+        results[mode]["all_seconds"] = [x["seconds"] for x in runs_of_mode]
+    return results
+
+
+def _model_tags() -> dict[str, str]:
+    from models.registry import resolve
+
+    shipped = (("emotion_v1", "emotion"), ("age_gender_v1", "age-gender"))
+    return {task: resolve(name, task).tag for name, task in shipped}
+
+
+def _results(runs: list[dict], sources, context: dict) -> dict:
     last = runs[-1]
     n_photos = sum(s.kind == "photo" for s in sources)
+    names = ", ".join(s.path.name for s in sources)
     met_speedup = {r["n"]: r.get("speedup_vs_sequential", 0) >= TARGET_SPEEDUP for r in runs}
     met_ratio = {r["n"]: r.get("ratio_to_detection_limit", float("inf")) <= TARGET_RATIO for r in runs}
-    names = ", ".join(s.path.name for s in sources)
-    output = {
+    return {
         "speedup_vs_sequential": last.get("speedup_vs_sequential"),
         "ratio_to_detection_limit": last.get("ratio_to_detection_limit"),
         "speedup_vs_sequential_cpu": last.get("speedup_vs_sequential_cpu"),
         "ratio_to_detection_limit_cpu": last.get("ratio_to_detection_limit_cpu"),
         "ratio_to_own_decode_detect": last.get("ratio_to_own_decode_detect"),
         "at_n": last["n"],
-        "repeat": args.repeat,
         "targets": {
             "speedup_vs_sequential": {"target": f">= {TARGET_SPEEDUP}", "met": met_speedup},
             "ratio_to_detection_limit": {"target": f"<= {TARGET_RATIO}", "met": met_ratio},
@@ -246,16 +269,15 @@ def main(argv=None) -> int:
         "baseline": ("OpenCV decode, make_detector('mtcnn'), faces_in_frame, then per face one eager "
                      "Keras call per model (emotion, age-gender), rows written once at the end"),
         "machine": _machine(),
-        "load_before": load_before,
+        **context,
         "load_after": [round(x, 2) for x in os.getloadavg()],
-        "when": started,
     }
-    out = Path(args.out)
+
+
+def _write(out: Path, results: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(output, indent=1))
-    out.with_suffix(".md").write_text(to_markdown(output))
-    print(to_markdown(output))
-    return 0
+    out.write_text(json.dumps(results, indent=1))
+    out.with_suffix(".md").write_text(to_markdown(results))
 
 
 if __name__ == "__main__":
