@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 __all__ = ["main"]
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         print(f"facebeam: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    # TensorFlow's C++ start-up notices (CPU features, oneDNN) are noise for users; TF_CPP_MIN_LOG_LEVEL=0 shows them.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     module = importlib.import_module(COMMANDS[argv[0]][0])
     return module.main(argv[1:])
 
