@@ -7,7 +7,8 @@ from apache_beam.metrics import Metrics
 
 from transforms.records import ErrorRecord
 
-__all__ = ["NAMESPACE", "count", "DeadLettersToErrors", "WithholdFailedSources", "source_uris_of"]
+__all__ = ["NAMESPACE", "count", "DeadLettersToErrors", "FailedSources", "WithholdFailedSources", "withhold_failed",
+           "source_uris_of"]
 
 NAMESPACE = "facebeam"
 
@@ -60,6 +61,22 @@ class DeadLettersToErrors(beam.PTransform):
         return pcoll | "ToError" >> beam.FlatMap(convert)
 
 
+class FailedSources(beam.PTransform):
+    """ErrorRecords -> a dict side input whose keys are the URIs of the sources that failed."""
+
+    def expand(self, errors):
+        return beam.pvalue.AsDict(
+            errors
+            | "FailedUris" >> beam.Map(lambda e: e.source_uri)
+            | "Distinct" >> beam.Distinct()
+            | "AsKeys" >> beam.Map(lambda uri: (uri, True)))
+
+
+def withhold_failed(elements, failed, key, label: str):
+    """``elements`` without those of failed sources (``failed``: a FailedSources side input)."""
+    return elements | label >> beam.Filter(lambda element, bad: key(element) not in bad, failed)
+
+
 class WithholdFailedSources(beam.PTransform):
     """Drops the elements of sources that failed at any stage: their row in ``sources`` says error.
 
@@ -72,10 +89,4 @@ class WithholdFailedSources(beam.PTransform):
 
     def expand(self, inputs):
         elements, errors = inputs
-        failed = beam.pvalue.AsDict(
-            errors
-            | "FailedUris" >> beam.Map(lambda e: e.source_uri)
-            | "Distinct" >> beam.Distinct()
-            | "AsKeys" >> beam.Map(lambda uri: (uri, True)))
-        key = self._key
-        return elements | "KeepOk" >> beam.Filter(lambda element, bad: key(element) not in bad, failed)
+        return withhold_failed(elements, errors | "Failed" >> FailedSources(), self._key, "KeepOk")

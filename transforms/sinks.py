@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from models.handler import FaceAttributes
 from models.labels import EMOTIONS, GENDERS, age_group
-from transforms.common import count
+from transforms.common import FailedSources, count, withhold_failed
 from transforms.records import ErrorRecord, FaceCrop, SourceFile
 from transforms.sources import SourceContent
 from transforms.tracks import TRACKS_SCHEMA
@@ -158,15 +158,10 @@ class WriteResults(beam.PTransform):
     def expand(self, inputs):
         files, frame_counts, predicted, errors, tracks, contents = inputs
         run = self._run
-        error_uris = beam.pvalue.AsDict(
-            errors
-            | "ErrorUris" >> beam.Map(lambda e: e.source_uri)
-            | "DistinctErrorUris" >> beam.Distinct()
-            | "AsKeys" >> beam.Map(lambda uri: (uri, True)))
-        # Faces of a source that failed anywhere are withheld: its row in sources says error.
+        failed = errors | "Failed" >> FailedSources()
+        # Faces and tracks of a source that failed anywhere are withheld: its row in sources says error.
         rows = (
-            predicted
-            | "KeepOkSources" >> beam.Filter(lambda kv, bad: kv[0].source_uri not in bad, error_uris)
+            withhold_failed(predicted, failed, lambda kv: kv[0].source_uri, "KeepOkSources")
             | "FaceRow" >> beam.Map(lambda kv: face_row(kv[0], kv[1], run))
         )
         face_counts = rows | "FaceCounts" >> beam.Map(lambda r: (r["source_uri"], 1))
@@ -188,8 +183,7 @@ class WriteResults(beam.PTransform):
             f"{self._output.rstrip('/')}/sources", SOURCES_SCHEMA, codec="snappy",
             file_name_suffix=".parquet", num_shards=self._num_shards)
         tracks_written = (
-            tracks
-            | "KeepOkTracks" >> beam.Filter(lambda row, bad: row["source_uri"] not in bad, error_uris)
+            withhold_failed(tracks, failed, lambda row: row["source_uri"], "KeepOkTracks")
             | "WriteTracks" >> beam.io.WriteToParquet(
                 f"{self._output.rstrip('/')}/tracks", TRACKS_SCHEMA, codec="snappy",
                 file_name_suffix=".parquet", num_shards=self._num_shards))
