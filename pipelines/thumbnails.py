@@ -13,7 +13,6 @@ import logging
 import os
 from typing import Iterable, NamedTuple
 
-import cv2
 import numpy as np
 
 from transforms import imaging, video
@@ -51,14 +50,7 @@ def face_box(box, width: int, height: int, margin: float = 0.15) -> tuple[int, i
 def thumbnail_jpeg(rgb: np.ndarray, size: int = 96, quality: int = 85) -> bytes:
     """JPEG of an RGB uint8 (H, W, 3) picture scaled to fit ``size`` x ``size`` (never enlarged)."""
     h, w = rgb.shape[:2]
-    scale = min(size / max(h, w), 1.0)
-    if scale < 1.0:
-        rgb = cv2.resize(rgb, (max(round(w * scale), 1), max(round(h * scale), 1)), interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return buf.tobytes()
+    return imaging.encode_jpeg(imaging.resize_by(rgb, min(size / max(h, w), 1.0)), quality)
 
 
 def local_path(uri: str) -> str | None:
