@@ -20,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms import drawing, imaging, video
 from transforms.common import count
-from transforms.sources import ReadOptions, _local_copy
+from transforms.sources import ReadOptions, local_copy
 
 __all__ = ["Annotate", "annotated_name"]
 
@@ -77,7 +77,7 @@ class _AnnotateFn(beam.DoFn):
         os.close(fd)
         writer = None
         try:
-            with _local_copy(uri) as path:
+            with local_copy(uri) as path:
                 info = video.probe_video(path)
                 out_fps = rate if 0 < rate < info.fps else info.fps
                 for index, _, rgb in video.read_frames(path, info.fps, rate, self._options.max_frames_per_video):

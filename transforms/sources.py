@@ -52,6 +52,7 @@ __all__ = [
     "SourceContent",
     "expand_inputs",
     "list_input",
+    "local_copy",
     "walk_local",
     "source_type_of",
 ]
@@ -327,7 +328,7 @@ class _PlanTasksFn(beam.DoFn):
             yield SourceTask(entry.uri, "image")
             return
         # 3. A video: one streamed pass for the hash, then skip it or probe it and plan its ranges.
-        with _local_copy(entry.uri) as path:
+        with local_copy(entry.uri) as path:
             try:
                 digest = sha256_of(path)
             except OSError as e:
@@ -349,7 +350,7 @@ class _PlanTasksFn(beam.DoFn):
             yield SourceTask(entry.uri, "video", start, end, info.fps, last=k == len(ranges) - 1)
 
 
-class _local_copy:
+class local_copy:
     """Context manager giving a local path for a URI (OpenCV reads videos from paths only)."""
 
     def __init__(self, uri: str):
@@ -417,7 +418,7 @@ class _DecodeFn(beam.DoFn):
             n = 1
             yield Frame(task.uri, "image", None, None, image)
         else:
-            with _local_copy(task.uri) as path:
+            with local_copy(task.uri) as path:
                 for index, ts, image in video.read_frames(
                         path, task.fps, self._options.video_fps, self._options.max_frames_per_video,
                         task.start_frame, task.end_frame):
