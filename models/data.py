@@ -24,6 +24,11 @@ __all__ = [
     "load_utkface",
     "validation_mask",
     "ferplus_soft_labels",
+    "ferplus_not_a_face",
+    "label_set_of",
+    "emotion_targets",
+    "EmotionTargets",
+    "fer_faces",
     "LABEL_SETS",
     "FER_TEMPLATE",
     "UTK_TEMPLATE",
@@ -138,3 +143,57 @@ def ferplus_soft_labels(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def ferplus_not_a_face(votes: np.ndarray) -> np.ndarray:
     """True where most FER+ annotators said the image is not a face."""
     return votes[:, _FERPLUS_NOT_A_FACE] * 2 > votes.sum(axis=1)
+
+
+def label_set_of(classes: tuple[str, ...] | list[str]) -> str:
+    """The key of LABEL_SETS whose classes are ``classes`` (a model's sidecar); "7" when empty."""
+    if not classes:
+        return "7"
+    for key, (names, _) in LABEL_SETS.items():
+        if tuple(classes) == names:
+            return key
+    raise ValueError(f"classes {list(classes)} are none of the label sets {sorted(LABEL_SETS)}")
+
+
+class EmotionTargets(NamedTuple):
+    """Faces over a label set's classes: ``images`` uint8 (M, 48, 48), ``targets`` float32 (M, C)
+    distributions, ``labels`` int64 (M,) class indices, ``filenames`` (M,)."""
+
+    images: np.ndarray
+    targets: np.ndarray
+    labels: np.ndarray
+    filenames: np.ndarray
+
+
+def emotion_targets(d: FerData, label_set: str, clean: bool = False, soft: bool = False) -> EmotionTargets:
+    """The faces of ``d`` a label set keeps, with their targets over its classes.
+
+    ``clean`` also leaves out FER+ "not a face" images; ``soft`` gives FER+ vote distributions as
+    targets (rows without usable votes keep the FER2013 label).
+    """
+    classes, mapping = LABEL_SETS[label_set]
+    mapping = np.asarray(mapping)
+    y = mapping[d.labels]
+    keep = y >= 0
+    if clean and d.ferplus_votes is not None:
+        keep &= ~ferplus_not_a_face(d.ferplus_votes)
+    if soft and d.ferplus_votes is not None:
+        fer_soft, usable = ferplus_soft_labels(d.ferplus_votes)
+        t = np.zeros((len(y), len(classes)), np.float32)
+        for src, dst in enumerate(mapping):
+            if dst >= 0:
+                t[:, dst] += fer_soft[:, src]
+        total = t.sum(1, keepdims=True)
+        usable &= total[:, 0] > 0
+        t[usable] /= total[usable]
+        # Rows without usable votes fall back to the FER2013 label.
+        t[~usable] = np.eye(len(classes), dtype=np.float32)[np.maximum(y[~usable], 0)]
+    else:
+        t = np.eye(len(classes), dtype=np.float32)[np.maximum(y, 0)]
+    return EmotionTargets(d.images[keep], t[keep], y[keep], d.filenames[keep])
+
+
+def fer_faces(d: FerData, classes: tuple[str, ...] | list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of the faces a model with ``classes`` can be scored on, labels in its order."""
+    faces = emotion_targets(d, label_set_of(classes))
+    return faces.images, faces.labels
