@@ -9,9 +9,20 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-__all__ = ["emotion_net", "age_gender_net", "ARCHITECTURES"]
+__all__ = ["emotion_net", "age_gender_net", "augmentation", "ARCHITECTURES", "AUGMENTATION"]
 
 ARCHITECTURES = ("vgg", "small", "resnet")
+
+# Per task: rotation (fraction of a full turn), shift and zoom (fractions of the side), contrast factor.
+AUGMENTATION = {
+    "emotion": dict(rotation=0.05, shift=0.1, zoom=0.1, contrast=0.0),
+    "age-gender": dict(rotation=0.05, shift=0.08, zoom=0.1, contrast=0.2),
+}
+
+
+def augmentation(task: str, seed: int = 0) -> keras.Sequential:
+    """The task's augmentation on pixels in [0, 1] (random in training, identity otherwise)."""
+    return _augmentation(seed=seed, **AUGMENTATION[task])
 
 
 def _augmentation(rotation: float, shift: float, zoom: float, contrast: float, seed: int) -> keras.Sequential:
@@ -67,7 +78,7 @@ def emotion_net(
     inputs = keras.Input((input_size, input_size, 1), name="face")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     if augment:
-        x = _augmentation(rotation=0.05, shift=0.1, zoom=0.1, contrast=0.0, seed=seed)(x)
+        x = augmentation("emotion", seed)(x)
     x = _backbone(x, arch, widths)
     x = layers.Dropout(dropout, name="dropout")(x)
     x = layers.Dense(128, activation="relu", name="embedding")(x)
@@ -88,7 +99,7 @@ def age_gender_net(
     inputs = keras.Input((input_size, input_size, 3), name="face")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     if augment:
-        x = _augmentation(rotation=0.05, shift=0.08, zoom=0.1, contrast=0.2, seed=seed)(x)
+        x = augmentation("age-gender", seed)(x)
     # A single conv in the first block: at 64x64 the first block dominates the cost.
     x = _backbone(x, arch, widths, first_block_convs=1)
     x = layers.Dropout(dropout, name="dropout")(x)

@@ -1,0 +1,118 @@
+"""Adversarial regularization in training and FGSM perturbations in evaluation (Keras 3, TensorFlow).
+
+Training follows Goodfellow et al. 2015 ("Explaining and Harnessing Adversarial Examples") as Neural
+Structured Learning's ``AdversarialRegularization`` does it: each batch's loss is
+
+    loss(x) + multiplier * loss(x + step * sign(grad_x loss(x)))
+
+with ``step`` on the [0, 1] pixel scale. The networks take pixels in [0, 255], so the step applied is
+``255 * step`` and perturbed pixels are clipped back to [0, 255].
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["AdversarialRegularization", "fgsm", "accuracy_under_fgsm", "PIXEL_SCALE"]
+
+# The networks' input range: steps given on the [0, 1] scale are multiplied by this.
+PIXEL_SCALE = 255.0
+
+
+class AdversarialRegularization(keras.Model):
+    """Trains ``base`` with an adversarial term; a training device only, never saved itself.
+
+    Checkpoints of the wrapper (``BackupAndRestore``) hold ``base``'s weights and the optimizer's
+    state; the model to keep and ship is ``base``, a plain functional model. ``augment`` (optional)
+    is a layer on [0, 1] pixels applied before the perturbation, so the clean and the perturbed
+    loss see the same augmented view: build ``base`` without its own augmentation when giving one.
+    The ``loss`` it reports in training is the total; ``adversarial_loss`` the perturbed term alone.
+    Validation (``test_step``) is ``base``'s plain loss.
+    """
+
+    def __init__(self, base: keras.Model, multiplier: float, step: float, augment: keras.Layer | None = None,
+                 name: str = "adversarial"):
+        super().__init__(name=name)
+        if multiplier < 0 or step <= 0:
+            raise ValueError(f"need multiplier >= 0 and step > 0, got {multiplier} and {step}")
+        self.base = base
+        self.augment = augment
+        self.multiplier = float(multiplier)
+        self.step = float(step)
+        self.adversarial_loss_tracker = keras.metrics.Mean(name="adversarial_loss")
+        # Built from the start, so BackupAndRestore can restore into it before the first batch.
+        if augment is not None:
+            augment.build(base.input_shape)
+        self.built = True
+
+    def call(self, x, training=False):
+        return self.base(x, training=training)
+
+    def perturb(self, x, y, sample_weight=None):
+        """(perturbed x, clean predictions, clean loss) for a batch of [0, 255] pixels.
+
+        The clean loss is computed on a tape that also watches ``x``, so the caller's outer tape
+        reuses it for the weights' gradients instead of running the clean batch twice.
+        """
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(x)
+            y_pred = self.base(x, training=True)
+            loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+        grad = tape.gradient(loss, x)
+        x_adv = tf.clip_by_value(x + self.step * PIXEL_SCALE * tf.sign(grad), 0.0, PIXEL_SCALE)
+        return tf.stop_gradient(x_adv), y_pred, loss
+
+    def test_step(self, data):
+        logs = super().test_step(data)
+        logs.pop(self.adversarial_loss_tracker.name, None)
+        return logs
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x = tf.cast(x, tf.float32)
+        if self.augment is not None:
+            x = self.augment(x / PIXEL_SCALE, training=True) * PIXEL_SCALE
+        with tf.GradientTape() as tape:
+            x_adv, y_pred, loss = self.perturb(x, y, sample_weight)
+            y_adv = self.base(x_adv, training=True)
+            adv_loss = self._compute_loss(x=x_adv, y=y, y_pred=y_adv, sample_weight=sample_weight, training=True)
+            total = loss + self.multiplier * adv_loss
+            self._loss_tracker.update_state(total, sample_weight=tf.shape(x)[0])
+            self.adversarial_loss_tracker.update_state(adv_loss, sample_weight=tf.shape(x)[0])
+            scaled = self.optimizer.scale_loss(total)
+        weights = self.trainable_weights
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, weights), weights))
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+def fgsm(model: keras.Model, x: np.ndarray, labels: np.ndarray, eps: float, batch_size: int = 256) -> np.ndarray:
+    """FGSM (Goodfellow et al. 2015) copies of float32 [0, 255] faces (N, S, S, C) against int ``labels``.
+
+    ``eps`` is on the [0, 1] pixel scale; the gradient is that of the cross-entropy of ``model``'s
+    softmax output (N, classes) with the true class, the model in inference mode.
+    """
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+
+    @tf.function(reduce_retracing=True)
+    def step(xb, yb):
+        with tf.GradientTape() as tape:
+            tape.watch(xb)
+            loss = loss_fn(yb, model(xb, training=False))
+        return tf.clip_by_value(xb + eps * PIXEL_SCALE * tf.sign(tape.gradient(loss, xb)), 0.0, PIXEL_SCALE)
+
+    x = np.asarray(x, np.float32)
+    out = np.empty_like(x)
+    for i in range(0, len(x), batch_size):
+        out[i:i + batch_size] = step(tf.constant(x[i:i + batch_size]), tf.constant(labels[i:i + batch_size])).numpy()
+    return out
+
+
+def accuracy_under_fgsm(model: keras.Model, images: np.ndarray, labels: np.ndarray, eps: float,
+                        tta: bool = False) -> float:
+    """Accuracy on FGSM copies of uint8 (N, 48, 48) grey faces (flip TTA applied after the perturbation)."""
+    from models.train import emotion_predict
+
+    x = fgsm(model, images[..., None].astype(np.float32), labels, eps)
+    return float((emotion_predict(model, x[..., 0], tta=tta).argmax(1) == labels).mean())
