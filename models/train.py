@@ -2,10 +2,15 @@
 
     python -m models.train emotion --epochs 14 --workdir runs/emotion --out models/weights
     python -m models.train age-gender --epochs 12 --workdir runs/age_gender --out models/weights
+    python -m models.train emotion-embedding --base models/weights/emotion_v1.keras --workdir runs/emb
 
 Each epoch is checkpointed in ``--workdir`` (weights, optimizer and schedule state), so a killed run
 started again with the same command resumes at the last finished epoch. The best epoch on the
 validation data is kept and written to ``--out`` with a JSON record of the recipe and its figures.
+
+``--adv_multiplier M --adv_step S`` adds adversarial regularization (``models.adversarial``). The
+emotion recipe ends by fitting a softmax temperature on its validation data (``models.calibration``)
+and records it, without applying it, with the ECE before and after.
 """
 
 from __future__ import annotations
@@ -26,10 +31,19 @@ from models.registry import sha256_of
 
 LOG = logging.getLogger("facebeam.train")
 
-__all__ = ["main", "train_emotion", "train_age_gender"]
+__all__ = [
+    "main", "parse_args", "run", "train_emotion", "train_age_gender", "emotion_predict", "age_gender_predict",
+    "fit_resumable", "read_history", "write_outputs", "emotion_record", "emotion_faces", "cosine_schedule",
+    "train_seconds", "set_threads", "FGSM_EPS",
+]
+
+# FGSM step on the [0, 1] pixel scale: the default adversarial step, and the eps of the robustness
+# figure every emotion record carries (about 2.5 grey levels of 255).
+FGSM_EPS = 0.01
 
 
-def _set_threads(threads: int) -> None:
+def set_threads(threads: int) -> None:
+    """TF's thread pools (0: TF's default, all cores); only before TF has run anything."""
     import tensorflow as tf
 
     if threads:
@@ -37,7 +51,8 @@ def _set_threads(threads: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
 
 
-def _schedule(lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: float):
+def cosine_schedule(lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: float):
+    """Linear warm-up from lr / 10 to ``lr`` over ``warmup_epochs``, then cosine decay to lr / 100."""
     import keras
 
     warmup = int(steps_per_epoch * warmup_epochs)
@@ -57,18 +72,26 @@ def _oversample(labels: np.ndarray, floor: float, rng: np.random.Generator) -> n
     return np.concatenate(idx)
 
 
-def _fit(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: str, mode: str, class_weight=None,
-         stop_after: int = 0):
-    """Trains to ``epochs`` (or to ``stop_after`` of them), resuming from ``workdir``'s last epoch."""
+def fit_resumable(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: str, mode: str, class_weight=None,
+                  stop_after: int = 0, keep=None):
+    """Trains to ``epochs`` (or to ``stop_after`` of them), resuming from ``workdir``'s last epoch.
+
+    Returns (path of the best epoch's model, seconds of this sitting). ``keep`` is the model saved
+    as the best epoch when it is not ``model`` itself (a training wrapper's inner model).
+    """
     import keras
+
+    from models.callbacks import EpochSeconds, KeepBest
 
     workdir.mkdir(parents=True, exist_ok=True)
     best = workdir / "best.keras"
     history_path = workdir / "history.csv"
+    seen = [h[monitor] for h in read_history(workdir) if monitor in h] if best.exists() else []
     callbacks = [
         # Kept after the last epoch, so that a sitting ended by --stop_after can be resumed.
         keras.callbacks.BackupAndRestore(str(workdir / "backup"), delete_checkpoint=False),
-        keras.callbacks.ModelCheckpoint(str(best), monitor=monitor, mode=mode, save_best_only=True),
+        EpochSeconds(),
+        KeepBest(best, monitor, mode, (max if mode == "max" else min)(seen) if seen else None, keep),
         keras.callbacks.CSVLogger(str(history_path), append=True),
     ]
     start = time.time()
@@ -77,7 +100,8 @@ def _fit(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: str, mode
     return best, time.time() - start
 
 
-def _history(workdir: Path) -> list[dict]:
+def read_history(workdir: Path) -> list[dict]:
+    """One dict per finished epoch of ``workdir``'s run, over all its sittings."""
     import csv
 
     path = workdir / "history.csv"
@@ -92,7 +116,7 @@ def _history(workdir: Path) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
-def _write_outputs(model_path: Path, out: Path, name: str, record: dict) -> Path:
+def write_outputs(model_path: Path, out: Path, name: str, record: dict) -> Path:
     """Saves the model, without optimizer state, to ``out/name.keras`` with its sidecar ``out/name.json``."""
     import keras
 
@@ -116,6 +140,48 @@ def emotion_predict(model, images: np.ndarray, tta: bool, batch_size: int = 256)
     return probs
 
 
+def _wrap_adversarial(base, args: argparse.Namespace, task: str):
+    """``base`` itself, or the adversarial training wrapper around it (augmenting outside ``base``)."""
+    if not args.adv_multiplier:
+        return base
+    from models.adversarial import AdversarialRegularization
+    from models.networks import augmentation
+
+    augment = None if args.no_augment else augmentation(task, args.seed)
+    return AdversarialRegularization(base, args.adv_multiplier, args.adv_step, augment=augment)
+
+
+def emotion_faces(args: argparse.Namespace) -> tuple[fdata.EmotionTargets, fdata.EmotionTargets]:
+    """(training faces, PublicTest faces) of the recipe's label set, cleaning, soft labels and limit."""
+    data_dir = Path(args.data_dir)
+    train = fdata.emotion_targets(fdata.load_fer(data_dir / "fer2013" / "fer2013_Training.npz"), args.label_set,
+                                  clean=args.clean, soft=getattr(args, "soft_labels", False))
+    # PublicTest is never cleaned: every recipe is scored on the same faces.
+    test = fdata.emotion_targets(fdata.load_fer(data_dir / "fer2013" / "fer2013_PublicTest.npz"), args.label_set)
+    if args.limit:
+        train = fdata.EmotionTargets(*(a[:args.limit] for a in train))
+        test = fdata.EmotionTargets(*(a[:args.limit] for a in test))
+    return train, test
+
+
+def emotion_record(model, test: fdata.EmotionTargets, classes: tuple[str, ...], fgsm_eps: float) -> dict:
+    """PublicTest figures of an emotion model: plain, flip TTA, temperature, accuracy under FGSM."""
+    from models.adversarial import accuracy_under_fgsm
+    from models.calibration import calibration_record
+
+    probs = emotion_predict(model, test.images, tta=False)
+    calibration = calibration_record(probs, test.labels, test.filenames, "PublicTest")
+    return {
+        "public_test": classification_report(test.labels, probs, classes),
+        "public_test_tta": classification_report(test.labels, emotion_predict(model, test.images, tta=True), classes),
+        # Fitted on the faces the recipe selects on; ece_after_cross_fitted fits each half on the other.
+        "temperature": calibration["temperature"],
+        "calibration": calibration,
+        "public_test_fgsm": {"eps": fgsm_eps,
+                             "accuracy": accuracy_under_fgsm(model, test.images, test.labels, fgsm_eps)},
+    }
+
+
 def train_emotion(args: argparse.Namespace) -> dict:
     import keras
     import tensorflow as tf
@@ -123,39 +189,11 @@ def train_emotion(args: argparse.Namespace) -> dict:
     from models.networks import emotion_net
 
     keras.utils.set_random_seed(args.seed)
-    data_dir = Path(args.data_dir)
-    train = fdata.load_fer(data_dir / "fer2013" / "fer2013_Training.npz")
-    test = fdata.load_fer(data_dir / "fer2013" / "fer2013_PublicTest.npz")
-    classes, mapping = fdata.LABEL_SETS[args.label_set]
-    mapping = np.array(mapping)
+    classes = fdata.LABEL_SETS[args.label_set][0]
     rng = np.random.default_rng(args.seed)
-
-    def targets(d: fdata.FerData, soft: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(images, target distributions over ``classes``, mask of kept rows)."""
-        y = mapping[d.labels]
-        keep = y >= 0
-        if args.clean and d.ferplus_votes is not None:
-            keep &= ~fdata.ferplus_not_a_face(d.ferplus_votes)
-        if soft and d.ferplus_votes is not None:
-            fer_soft, usable = fdata.ferplus_soft_labels(d.ferplus_votes)
-            t = np.zeros((len(y), len(classes)), np.float32)
-            for src, dst in enumerate(mapping):
-                if dst >= 0:
-                    t[:, dst] += fer_soft[:, src]
-            total = t.sum(1, keepdims=True)
-            usable &= total[:, 0] > 0
-            t[usable] /= total[usable]
-            # Rows without usable votes fall back to the FER2013 label.
-            t[~usable] = np.eye(len(classes), dtype=np.float32)[np.maximum(y[~usable], 0)]
-        else:
-            t = np.eye(len(classes), dtype=np.float32)[np.maximum(y, 0)]
-        return d.images[keep], t[keep], y[keep]
-
-    x_tr, t_tr, y_tr = targets(train, args.soft_labels)
-    x_te, t_te, y_te = targets(test, False)
-    if args.limit:
-        x_tr, t_tr, y_tr = x_tr[:args.limit], t_tr[:args.limit], y_tr[:args.limit]
-        x_te, t_te, y_te = x_te[:args.limit], t_te[:args.limit], y_te[:args.limit]
+    train, test = emotion_faces(args)
+    x_tr, t_tr, y_tr = train.images, train.targets, train.labels
+    x_te, t_te = test.images, test.targets
     if args.oversample:
         idx = _oversample(y_tr, args.oversample, rng)
         x_tr, t_tr, y_tr = x_tr[idx], t_tr[idx], y_tr[idx]
@@ -171,29 +209,38 @@ def train_emotion(args: argparse.Namespace) -> dict:
         return ds.batch(args.batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b)).prefetch(2)
 
     steps = int(np.ceil(len(x_tr) / args.batch_size))
-    model = emotion_net(num_classes=len(classes), arch=args.arch, widths=tuple(args.widths),
-                        dropout=args.dropout, augment=not args.no_augment, seed=args.seed)
+    # With adversarial regularization the augmentation moves into the wrapper (see models.adversarial).
+    base = emotion_net(num_classes=len(classes), arch=args.arch, widths=tuple(args.widths), dropout=args.dropout,
+                       augment=not args.no_augment and not args.adv_multiplier, seed=args.seed)
+    model = _wrap_adversarial(base, args, "emotion")
     model.compile(
-        optimizer=keras.optimizers.AdamW(_schedule(args.lr, steps, args.epochs, 1.0),
+        optimizer=keras.optimizers.AdamW(cosine_schedule(args.lr, steps, args.epochs, 1.0),
                                          weight_decay=args.weight_decay),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
-    LOG.info("emotion: %d train / %d test faces, %d params", len(x_tr), len(x_te), model.count_params())
-    best, seconds = _fit(model, dataset(x_tr, t_tr, True), dataset(x_te, t_te, False), args.epochs,
-                         Path(args.workdir), "val_accuracy", "max", class_weight, args.stop_after)
-    model = keras.models.load_model(best)
-    report = classification_report(y_te, emotion_predict(model, x_te, tta=False), classes)
-    report_tta = classification_report(y_te, emotion_predict(model, x_te, tta=True), classes)
+    LOG.info("emotion: %d train / %d test faces, %d params", len(x_tr), len(x_te), base.count_params())
+    best, seconds = fit_resumable(model, dataset(x_tr, t_tr, True), dataset(x_te, t_te, False), args.epochs,
+                                  Path(args.workdir), "val_accuracy", "max", class_weight, args.stop_after,
+                                  keep=base if model is not base else None)
+    model = keras.models.load_model(best, compile=False)
+    history = read_history(Path(args.workdir))
     record = {
         "task": "emotion", "classes": list(classes), "input": [48, 48, 1], "template": list(fdata.FER_TEMPLATE), "params": model.count_params(),
         "command": args.command, "recipe": args.recipe, "train_faces": int(len(x_tr)),
-        "train_seconds_this_sitting": round(seconds, 1), "history": _history(Path(args.workdir)),
-        "public_test": report, "public_test_tta": report_tta,
+        "train_seconds_this_sitting": round(seconds, 1), "train_seconds": train_seconds(history), "history": history,
+        **emotion_record(model, test, classes, args.adv_step),
     }
-    _write_outputs(best, Path(args.out), args.name, record)
-    LOG.info("PublicTest accuracy %.4f (flip TTA %.4f)", report["accuracy"], report_tta["accuracy"])
+    write_outputs(best, Path(args.out), args.name, record)
+    LOG.info("PublicTest accuracy %.4f (flip TTA %.4f); temperature %.3f", record["public_test"]["accuracy"],
+             record["public_test_tta"]["accuracy"], record["temperature"])
     return record
+
+
+def train_seconds(history: list[dict]) -> float | None:
+    """Seconds of training over all sittings (None when the epochs were not timed)."""
+    times = [h["epoch_seconds"] for h in history if "epoch_seconds" in h]
+    return round(sum(times), 1) if times and len(times) == len(history) else None
 
 
 def age_gender_predict(model, images: np.ndarray, tta: bool = False, batch_size: int = 256):
@@ -229,11 +276,12 @@ def train_age_gender(args: argparse.Namespace) -> dict:
         return ds.batch(args.batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b)).prefetch(2)
 
     steps = int(np.ceil(len(tr) / args.batch_size))
-    model = age_gender_net(input_size=args.size, arch=args.arch, widths=tuple(args.widths),
-                           dropout=args.dropout, augment=not args.no_augment,
-                           mean_age=float(utk.age[tr].mean()), seed=args.seed)
+    base = age_gender_net(input_size=args.size, arch=args.arch, widths=tuple(args.widths), dropout=args.dropout,
+                          augment=not args.no_augment and not args.adv_multiplier,
+                          mean_age=float(utk.age[tr].mean()), seed=args.seed)
+    model = _wrap_adversarial(base, args, "age-gender")
     model.compile(
-        optimizer=keras.optimizers.AdamW(_schedule(args.lr, steps, args.epochs, 1.0),
+        optimizer=keras.optimizers.AdamW(cosine_schedule(args.lr, steps, args.epochs, 1.0),
                                          weight_decay=args.weight_decay),
         # Huber on years (L1 beyond 5 years), weighted so both heads contribute gradients of similar size.
         loss={"age": keras.losses.Huber(delta=5.0), "gender": keras.losses.BinaryCrossentropy()},
@@ -241,20 +289,22 @@ def train_age_gender(args: argparse.Namespace) -> dict:
         metrics={"age": [keras.metrics.MeanAbsoluteError(name="mae")],
                  "gender": [keras.metrics.BinaryAccuracy(name="accuracy")]},
     )
-    LOG.info("age-gender: %d train / %d validation faces, %d params", len(tr), len(va), model.count_params())
-    best, seconds = _fit(model, dataset(tr, True), dataset(va, False), args.epochs, Path(args.workdir),
-                         "val_loss", "min", stop_after=args.stop_after)
-    model = keras.models.load_model(best)
+    LOG.info("age-gender: %d train / %d validation faces, %d params", len(tr), len(va), base.count_params())
+    best, seconds = fit_resumable(model, dataset(tr, True), dataset(va, False), args.epochs, Path(args.workdir),
+                                  "val_loss", "min", stop_after=args.stop_after,
+                                  keep=base if model is not base else None)
+    model = keras.models.load_model(best, compile=False)
+    history = read_history(Path(args.workdir))
     age, p_female = age_gender_predict(model, utk.images[va])
     age_t, p_t = age_gender_predict(model, utk.images[va], tta=True)
     record = {
         "task": "age-gender", "input": [args.size, args.size, 3], "template": list(fdata.UTK_TEMPLATE), "params": model.count_params(),
         "command": args.command, "recipe": args.recipe, "train_faces": int(len(tr)),
-        "train_seconds_this_sitting": round(seconds, 1), "history": _history(Path(args.workdir)),
+        "train_seconds_this_sitting": round(seconds, 1), "train_seconds": train_seconds(history), "history": history,
         "validation": age_gender_report(utk.age[va], utk.gender[va], age, p_female, utk.race[va]),
         "validation_tta": age_gender_report(utk.age[va], utk.gender[va], age_t, p_t, utk.race[va]),
     }
-    _write_outputs(best, Path(args.out), args.name, record)
+    write_outputs(best, Path(args.out), args.name, record)
     LOG.info("validation age MAE %.2f, gender %.4f", record["validation"]["age_mae"],
              record["validation"]["gender_accuracy"])
     return record
@@ -286,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--seed", type=int, default=1, help="random seed (data order, init, augmentation)")
         s.add_argument("--threads", type=int, default=0, help="TF intra-op threads (0: all cores)")
         s.add_argument("--limit", type=int, default=0, help="use only the first N faces (smoke runs)")
+        s.add_argument("--adv_multiplier", type=float, default=0.0,
+                       help="weight of the adversarial loss (0: off); e.g. 0.3 with --adv_step 0.01")
+        s.add_argument("--adv_step", type=float, default=FGSM_EPS,
+                       help="adversarial step on the [0, 1] pixel scale (also the FGSM eps the emotion record reports)")
         if task == "emotion":
             s.add_argument("--label_set", default="7", choices=sorted(fdata.LABEL_SETS), help="7, 6 or 5 classes")
             s.add_argument("--class_weight", action="store_true", help="weight the loss by inverse class frequency")
@@ -297,18 +351,35 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("--size", type=int, default=64, help="input side in pixels")
             s.add_argument("--age_loss_weight", type=float, default=0.05, help="weight of the age loss")
+    from models.embedding import add_arguments
+
+    add_arguments(sub.add_parser("emotion-embedding", help="small classifier on an emotion model's embedding"))
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    argv = list(sys.argv[1:] if argv is None else argv)
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The recipe's arguments, with the exact ``command`` and the ``recipe`` settings a sidecar records."""
     args = build_parser().parse_args(argv)
     args.command = "python -m models.train " + shlex.join(argv)
     args.recipe = {k: v for k, v in vars(args).items()
                    if k not in ("command", "data_dir", "workdir", "out", "threads", "stop_after")}
-    _set_threads(args.threads)
-    (train_emotion if args.task == "emotion" else train_age_gender)(args)
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Trains the recipe of ``parse_args``' result and returns its sidecar record."""
+    if args.task == "emotion-embedding":
+        from models.embedding import train_emotion_embedding
+
+        return train_emotion_embedding(args)
+    return (train_emotion if args.task == "emotion" else train_age_gender)(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    set_threads(args.threads)
+    run(args)
     return 0
 
 
