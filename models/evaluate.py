@@ -3,7 +3,9 @@
     python -m models.evaluate emotion --data ../shared/data/fer2013/fer2013_PublicTest.npz --json
     python -m models.evaluate age-gender --data ../shared/data/utkface/utkface_train.npz --split validation
 
-Emotion: accuracy, per-class precision/recall/F1, confusion, ECE. Age-gender: age MAE, age-group
+Emotion: accuracy, per-class precision/recall/F1, confusion, ECE; ``--temperature T`` scores the
+probabilities softened by a fitted temperature (``models.calibration``), ``--perturb EPS`` adds the
+accuracy on FGSM-perturbed faces (``models.adversarial``, EPS on the [0, 1] pixel scale). Age-gender: age MAE, age-group
 accuracy, gender accuracy, and the same broken down by age band, gender and race (the bias table).
 ``--plot DIR`` writes PNG figures (confusion matrix and reliability diagram; age scatter and errors
 by age group).
@@ -23,22 +25,40 @@ from models import data as fdata
 from models.metrics import age_gender_report, classification_report, reliability_bins
 from models.registry import resolve, verify
 
-__all__ = ["evaluate_emotion", "evaluate_age_gender", "main"]
+__all__ = ["evaluate_emotion", "evaluate_age_gender", "load_checked", "main"]
 
 
-def _load(spec):
+def load_checked(spec):
+    """The model of ``spec``, uncompiled, after checking its sha256."""
     import keras
 
     verify(spec)
     return keras.models.load_model(spec.path, compile=False)
 
 
-def evaluate_emotion(model, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], tta: bool = False):
-    """(report dict, probabilities (N, C)) for uint8 (N, 48, 48) faces and int labels."""
+def evaluate_emotion(model, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], tta: bool = False,
+                     temperature: float | None = None, perturb: float = 0.0):
+    """(report dict, probabilities (N, C)) for uint8 (N, 48, 48) faces and int labels.
+
+    ``temperature``: probabilities after temperature scaling; ``perturb``: also report
+    ``accuracy_perturbed``, the accuracy on FGSM copies of the faces with eps ``perturb``.
+    """
     from models.train import emotion_predict
 
     probs = emotion_predict(model, images, tta=tta)
-    return classification_report(labels, probs, classes), probs
+    if temperature is not None:
+        from models.calibration import apply_temperature
+
+        probs = apply_temperature(probs, temperature)
+    report = classification_report(labels, probs, classes)
+    if temperature is not None:
+        report["temperature"] = temperature
+    if perturb:
+        from models.adversarial import accuracy_under_fgsm
+
+        report["accuracy_perturbed"] = accuracy_under_fgsm(model, images, labels, perturb, tta=tta)
+        report["perturb_eps"] = perturb
+    return report, probs
 
 
 def evaluate_age_gender(model, data: fdata.UtkData, tta: bool = False):
@@ -116,8 +136,12 @@ def _plot_age_gender(report: dict, data: fdata.UtkData, age: np.ndarray, directo
 
 def _text(task: str, report: dict) -> str:
     if task == "emotion":
+        scaled = f" (temperature {report['temperature']:.3f})" if "temperature" in report else ""
         lines = [f"faces {report['n']}: accuracy {report['accuracy']:.4f}, macro F1 {report['macro_f1']:.4f}, "
-                 f"ECE {report['ece']:.4f}", "class      precision recall  f1     support"]
+                 f"ECE {report['ece']:.4f}{scaled}"]
+        if "accuracy_perturbed" in report:
+            lines.append(f"accuracy under FGSM eps {report['perturb_eps']}: {report['accuracy_perturbed']:.4f}")
+        lines.append("class      precision recall  f1     support")
         lines += [f"{c:<10} {v['precision']:.3f}     {v['recall']:.3f}   {v['f1']:.3f}  {v['support']}"
                   for c, v in report["per_class"].items()]
         return "\n".join(lines)
@@ -141,24 +165,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", choices=("all", "validation", "train"), default="all",
                    help="age-gender: every face, or the held-back validation split (hash of the file name)")
     p.add_argument("--tta", action="store_true", help="average with the mirrored faces")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="emotion: divide log-probabilities by this fitted temperature (python -m models.calibration)")
+    p.add_argument("--perturb", type=float, default=0.0, metavar="EPS",
+                   help="emotion: also report accuracy on FGSM-perturbed faces, EPS on the [0, 1] pixel scale")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", default=None, help="directory for PNG figures")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         if args.task == "emotion":
             spec = resolve(args.model or "emotion_v1", "emotion")
-            fer = fdata.load_fer(args.data)
-            classes = spec.classes or fdata.LABEL_SETS["7"][0]
-            _, mapping = next((v for v in fdata.LABEL_SETS.values() if v[0] == tuple(classes)), fdata.LABEL_SETS["7"])
-            y = np.asarray(mapping)[fer.labels]
-            keep = y >= 0
-            report, probs = evaluate_emotion(_load(spec), fer.images[keep], y[keep], tuple(classes), args.tta)
-            plots = _plot_emotion(report, y[keep], probs, tuple(classes), Path(args.plot)) if args.plot else []
+            if args.temperature is not None and args.temperature <= 0:
+                raise ValueError(f"--temperature must be positive, not {args.temperature}")
+            classes = tuple(spec.classes or fdata.LABEL_SETS["7"][0])
+            images, labels = fdata.fer_faces(fdata.load_fer(args.data), classes)
+            report, probs = evaluate_emotion(load_checked(spec), images, labels, classes, args.tta,
+                                             args.temperature, args.perturb)
+            plots = _plot_emotion(report, labels, probs, classes, Path(args.plot)) if args.plot else []
         else:
             spec = resolve(args.model or "age_gender_v1", "age-gender")
             split = None if args.split == "all" else args.split == "validation"
             utk = fdata.load_utkface(args.data, size=spec.input_shape[0], validation=split)
-            report, age, _ = evaluate_age_gender(_load(spec), utk, args.tta)
+            report, age, _ = evaluate_age_gender(load_checked(spec), utk, args.tta)
             plots = _plot_age_gender(report, utk, age, Path(args.plot)) if args.plot else []
     except (ValueError, FileNotFoundError) as e:
         print(f"facebeam evaluate: error: {e}", file=sys.stderr)
