@@ -41,7 +41,7 @@ class Row(NamedTuple):
 
 
 ROWS: dict[str, Row] = {
-    "baseline": Row("train", (), "the emotion recipe (VGG widths 32-256, augmentation, 7 classes)"),
+    "baseline": Row("train", (), "the emotion recipe as it is (VGG, augmentation, 7 classes)"),
     "no_augment": Row("train", ("--no_augment",), "without augmentation"),
     "tta": Row("tta", (), "baseline scored with flip TTA; no training"),
     "class_weight": Row("train", ("--class_weight",), "loss weighted by inverse class frequency"),

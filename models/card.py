@@ -110,7 +110,7 @@ def _ablations(results: dict) -> list[str]:
         "the best epoch on PublicTest kept, and differs from `baseline` only in what its row names. "
         "The baseline is this card's recipe retrained on that budget, so its figures can differ from the ones above. "
         "`tta` and `temperature` re-score the baseline without training; `embedding_mlp` trains a classifier "
-        f"for {epochs} epochs on the baseline's frozen embedding (its time excludes the baseline's). "
+        f"on the baseline's frozen embedding for the same {epochs}-epoch schedule (its time excludes the baseline's). "
         "`label_set_6` and `label_set_5` are scored over their own classes (6: disgust merged into angry; "
         "5: without disgust and fear), so their accuracy and macro F1 are not comparable with the 7-class rows.",
     ]
