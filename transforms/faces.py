@@ -191,6 +191,8 @@ class DetectFaces(beam.PTransform):
         fn = _DetectFacesFn(self._options, self._factory)
         result = frames | "Detect" >> beam.ParDo(fn).with_exception_handling(
             main_tag="faces", dead_letter_tag="errors")
-        faces = result.faces | "SpreadFaces" >> beam.Reshuffle()
+        # No Reshuffle after detection: the crops go straight on to the models in the same fused step, so
+        # no runner ever stores or ships them (a batch runner holds a shuffled PCollection whole; 48 KiB a
+        # face). The work is already spread by the task Reshuffle before decoding.
         errors = result.errors | "DetectErrors" >> DeadLettersToErrors("detect")
-        return faces, errors
+        return result.faces, errors
