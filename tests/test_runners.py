@@ -128,6 +128,14 @@ def test_dask_runner_is_refused(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+def test_local_worker_threads_are_refused(tmp_path, capsys):
+    status = cli.main(["analyze", "--input", INPUTS[0], "--output", str(tmp_path), "--direct_num_workers=2",
+                       "--direct_running_mode=multi_threading"])
+    err = capsys.readouterr().err
+    assert status == 2 and "multi_threading" in err and "multi_processing" in err
+    assert not list(tmp_path.iterdir())
+
+
 def test_dataflow_job_graph_builds_offline(tmp_path, monkeypatch):
     pytest.importorskip("google.cloud.storage", reason="needs apache-beam[gcp]")
     creds = tmp_path / "credentials.json"
@@ -138,7 +146,7 @@ def test_dataflow_job_graph_builds_offline(tmp_path, monkeypatch):
                      "--setup_file", str(ROOT / "setup.py"), "--dry_run=True"])
     names = {t.unique_name for t in result.job.proto_pipeline.components.transforms.values()}
     for step in ("ReadSources/List", "ReadSources/SpreadFiles", "ReadSources/SpreadTasks",
-                 "ReadSources/Decode", "DetectFaces/Detect", "DetectFaces/SpreadFaces",
+                 "ReadSources/Decode", "DetectFaces/Detect",
                  "PredictAttributes/RunInference", "AssignTracks/GroupVideo", "WriteResults/WriteFaces",
                  "WriteResults/WriteSources", "WriteResults/WriteTracks"):
         assert step in names, step
