@@ -220,7 +220,8 @@ def build(p, patterns, output: str, handler, run_info: RunInfo, read_options: Re
 
 
 def _quiet_beam_root_notices(record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.ERROR or f"{os.sep}apache_beam{os.sep}" not in record.pathname
+    return record.name != "root" or record.levelno >= logging.ERROR \
+        or f"{os.sep}apache_beam{os.sep}" not in record.pathname
 
 
 def main(argv: list[str] | None = None) -> int:

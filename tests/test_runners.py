@@ -150,3 +150,19 @@ def test_dataflow_job_graph_builds_offline(tmp_path, monkeypatch):
                  "PredictAttributes/RunInference", "AssignTracks/GroupVideo", "WriteResults/WriteFaces",
                  "WriteResults/WriteSources", "WriteResults/WriteTracks"):
         assert step in names, step
+
+
+def test_beam_root_logger_notices_are_filtered_but_not_errors_or_named_loggers():
+    import logging
+
+    from pipelines.analyze import _quiet_beam_root_notices as keep
+
+    beam_file = os.path.join("site-packages", "apache_beam", "ml", "inference", "base.py")
+
+    def record(name, level, path):
+        return logging.LogRecord(name, level, path, 1, "msg", None, None)
+
+    assert not keep(record("root", logging.WARNING, beam_file))
+    assert keep(record("root", logging.ERROR, beam_file))
+    assert keep(record("apache_beam.io", logging.WARNING, beam_file))
+    assert keep(record("root", logging.WARNING, os.path.join("facebeam", "x.py")))
