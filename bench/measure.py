@@ -260,8 +260,8 @@ def run_sequential(corpus: Path) -> dict:
 def run_detection(corpus: Path, workers: int = 1) -> dict:
     """Decode (facebeam's decoder) + MTCNN at the pipeline's detection scale, nothing else.
 
-    ``workers`` > 1: the files are shared out over that many threads, one detector each (as the
-    pipeline's worker threads hold one each): the detector's own limit on a machine with several cores.
+    ``workers`` > 1: the files are shared out over that many threads, one detector each (as each
+    pipeline worker holds one): the detector's own limit on a machine with several cores.
     """
     import threading
     from concurrent.futures import ThreadPoolExecutor

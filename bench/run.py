@@ -53,7 +53,8 @@ def _parse(argv):
     parser.add_argument("--corpus_dir", default=None,
                         help="where to write the corpus, kept (default: a temporary folder, removed)")
     parser.add_argument("--beam_arg", action="append", default=[],
-                        help="extra Beam flag for the pipeline run, e.g. --beam_arg=--direct_num_workers=2; repeatable")
+                        help="extra Beam flag for the pipeline run, e.g. --beam_arg=--direct_num_workers=2 "
+                             "--beam_arg=--direct_running_mode=multi_processing; repeatable")
     return parser.parse_args(argv)
 
 
