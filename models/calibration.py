@@ -133,16 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tta", action="store_true", help="calibrate the flip-TTA probabilities")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
-    import keras
-
     from models import data as fdata
-    from models.registry import resolve, verify
+    from models.registry import load_checked, resolve
     from models.train import emotion_predict
 
     try:
         spec = resolve(args.model, "emotion")
-        verify(spec)
-        model = keras.models.load_model(spec.path, compile=False)
+        model = load_checked(spec)
         train = fdata.load_fer(args.data)
         held = fdata.validation_mask(train.filenames)
         x_fit, y_fit = fdata.fer_faces(fdata.FerData(train.images[held], train.labels[held], None,

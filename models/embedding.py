@@ -115,8 +115,7 @@ def train_emotion_embedding(args: argparse.Namespace) -> dict:
     import keras
     import tensorflow as tf
 
-    from models.evaluate import load_checked
-    from models.registry import resolve
+    from models.registry import load_checked, resolve
     from models.train import (FGSM_EPS, cosine_schedule, emotion_faces, emotion_record, fit_resumable,
                               read_history, train_seconds, write_outputs)
 

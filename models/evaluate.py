@@ -23,17 +23,9 @@ import numpy as np
 
 from models import data as fdata
 from models.metrics import age_gender_report, classification_report, reliability_bins
-from models.registry import resolve, verify
+from models.registry import load_checked, resolve
 
-__all__ = ["evaluate_emotion", "evaluate_age_gender", "load_checked", "main"]
-
-
-def load_checked(spec):
-    """The model of ``spec``, uncompiled, after checking its sha256."""
-    import keras
-
-    verify(spec)
-    return keras.models.load_model(spec.path, compile=False)
+__all__ = ["evaluate_emotion", "evaluate_age_gender", "main"]
 
 
 def evaluate_emotion(model, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], tta: bool = False,

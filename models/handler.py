@@ -14,7 +14,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from models.registry import ModelSpec, verify
+from models.registry import ModelSpec, load_checked
 
 __all__ = ["FaceModels", "FaceAttributes", "FaceModelHandler"]
 
@@ -121,13 +121,10 @@ class FaceModelHandler(ModelHandler[tuple, PredictionResult, FaceModels]):
 
     def load_model(self) -> FaceModels:
         _configure_tf(self._tf_threads)
-        import keras
-
         models = []
         for spec in self.specs:
-            verify(spec)
             LOG.info("loading %s from %s", spec.tag, spec.path)
-            models.append(keras.models.load_model(spec.path, compile=False))
+            models.append(load_checked(spec))
         return FaceModels(*models)
 
     def run_inference(self, batch: Sequence[tuple], model: FaceModels,

@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ModelSpec", "WEIGHTS_DIR", "SHIPPED", "resolve", "verify", "sha256_of", "ModelIntegrityError"]
+__all__ = ["ModelSpec", "WEIGHTS_DIR", "SHIPPED", "resolve", "verify", "load_checked", "sha256_of",
+           "ModelIntegrityError"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -86,3 +87,11 @@ def verify(spec: ModelSpec) -> None:
     if actual != spec.sha256:
         raise ModelIntegrityError(
             f"{spec.path}: sha256 {actual} does not match the recorded {spec.sha256}; refusing to load it")
+
+
+def load_checked(spec: ModelSpec):
+    """The Keras model of ``spec``, uncompiled, loaded only after its sha256 is checked."""
+    import keras
+
+    verify(spec)
+    return keras.models.load_model(spec.path, compile=False)
