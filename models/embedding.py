@@ -117,7 +117,7 @@ def train_emotion_embedding(args: argparse.Namespace) -> dict:
 
     from models.registry import load_checked, resolve
     from models.train import (FGSM_EPS, cosine_schedule, emotion_faces, emotion_record, fit_resumable,
-                              read_history, train_seconds, write_outputs)
+                              inverse_frequency_weights, read_history, train_seconds, write_outputs)
 
     keras.utils.set_random_seed(args.seed)
     if args.views < 1:
@@ -134,10 +134,7 @@ def train_emotion_embedding(args: argparse.Namespace) -> dict:
     f_te = _features(extractor, test.images, 1, args.seed)
     t_tr = np.concatenate([train.targets] * args.views)
     y_tr = np.concatenate([train.labels] * args.views)
-    class_weight = None
-    if args.class_weight:
-        counts = np.bincount(y_tr, minlength=len(classes))
-        class_weight = {i: float(len(y_tr) / (len(classes) * max(c, 1))) for i, c in enumerate(counts)}
+    class_weight = inverse_frequency_weights(y_tr, len(classes)) if args.class_weight else None
 
     def dataset(f, t, shuffle):
         ds = tf.data.Dataset.from_tensor_slices((f, t))

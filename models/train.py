@@ -34,7 +34,7 @@ LOG = logging.getLogger("facebeam.train")
 __all__ = [
     "main", "parse_args", "run", "train_emotion", "train_age_gender", "emotion_predict", "age_gender_predict",
     "fit_resumable", "read_history", "write_outputs", "emotion_record", "emotion_faces", "cosine_schedule",
-    "train_seconds", "set_threads", "FGSM_EPS",
+    "train_seconds", "set_threads", "inverse_frequency_weights", "FGSM_EPS",
 ]
 
 # FGSM step on the [0, 1] pixel scale: the default adversarial step, and the eps of the robustness
@@ -70,6 +70,12 @@ def _oversample(labels: np.ndarray, floor: float, rng: np.random.Generator) -> n
         if 0 < n < target:
             idx.append(rng.choice(np.flatnonzero(labels == c), target - n, replace=True))
     return np.concatenate(idx)
+
+
+def inverse_frequency_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """Keras class weights N / (C * count) for int ``labels``: every class weighs as much in the loss."""
+    counts = np.bincount(labels, minlength=num_classes)
+    return {i: float(len(labels) / (num_classes * max(c, 1))) for i, c in enumerate(counts)}
 
 
 def fit_resumable(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: str, mode: str, class_weight=None,
@@ -197,10 +203,7 @@ def train_emotion(args: argparse.Namespace) -> dict:
     if args.oversample:
         idx = _oversample(y_tr, args.oversample, rng)
         x_tr, t_tr, y_tr = x_tr[idx], t_tr[idx], y_tr[idx]
-    class_weight = None
-    if args.class_weight:
-        counts = np.bincount(y_tr, minlength=len(classes))
-        class_weight = {i: float(len(y_tr) / (len(classes) * max(c, 1))) for i, c in enumerate(counts)}
+    class_weight = inverse_frequency_weights(y_tr, len(classes)) if args.class_weight else None
 
     def dataset(x, t, shuffle):
         ds = tf.data.Dataset.from_tensor_slices((x[..., None], t))
