@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from models.runs import SUMMARY_KEYS, run_recipe, summarize
+from models.runs import SUMMARY_KEYS, report_figures, run_recipe, summarize
 
 LOG = logging.getLogger("facebeam.train")
 
@@ -93,11 +93,8 @@ def _row(name: str, s: _Settings) -> dict:
     record = run_recipe(_row_argv(name, s), s.workdir / ("baseline" if row.kind in ("tta", "temperature") else name))
     out = {"name": name, "what": row.what, **summarize(record)}
     if row.kind == "tta":
-        tta = record["public_test_tta"]
-        out.update(accuracy=tta["accuracy"], macro_f1=tta["macro_f1"], ece=tta["ece"], train_seconds=0.0,
-                   disgust_recall=tta["per_class"].get("disgust", {}).get("recall"),
-                   fear_recall=tta["per_class"].get("fear", {}).get("recall"),
-                   accuracy_perturbed=None, perturb_eps=None)
+        out.update(report_figures(record["public_test_tta"]), train_seconds=0.0, accuracy_perturbed=None,
+                   perturb_eps=None)
     elif row.kind == "temperature":
         cal = record["calibration"]
         # The honest "after": each half of PublicTest calibrated with the T fitted on the other half.

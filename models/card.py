@@ -16,7 +16,7 @@ from pathlib import Path
 
 from models.registry import WEIGHTS_DIR
 
-__all__ = ["render", "main"]
+__all__ = ["render", "fmt_optional", "main"]
 
 CARDS_DIR = Path(__file__).resolve().parent / "cards"
 
@@ -94,7 +94,8 @@ def _age_gender_figures(rec: dict) -> list[str]:
     return lines
 
 
-def _opt(x: float | None, fmt: str = "{:.3f}") -> str:
+def fmt_optional(x: float | None, fmt: str = "{:.3f}") -> str:
+    """``x`` in ``fmt``, or "-" where a figure does not apply (None)."""
     return "-" if x is None else fmt.format(x)
 
 
@@ -123,15 +124,16 @@ def _ablations(results: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        ece = _opt(r.get("ece"))
+        ece = fmt_optional(r.get("ece"))
         if r.get("ece_after") is not None:
             ece = f"{ece} -> {r['ece_after']:.3f} (T {r['temperature']:.2f})"
         seconds = r.get("train_seconds")
-        minutes = _opt(None if seconds is None else seconds / 60, "{:.1f}")
+        minutes = fmt_optional(None if seconds is None else seconds / 60, "{:.1f}")
         lines.append(
-            f"| {r['name']} | {r['what']} | {r['classes']} | {_opt(r['accuracy'], '{:.1%}')} | {_opt(r['macro_f1'])} | "
-            f"{_opt(r['disgust_recall'])} | {_opt(r['fear_recall'])} | {ece} | "
-            f"{_opt(r.get('accuracy_perturbed'), '{:.1%}')} | {minutes} |")
+            f"| {r['name']} | {r['what']} | {r['classes']} | {fmt_optional(r['accuracy'], '{:.1%}')} | "
+            f"{fmt_optional(r['macro_f1'])} | {fmt_optional(r['disgust_recall'])} | {fmt_optional(r['fear_recall'])} | "
+            f"{ece} | "
+            f"{fmt_optional(r.get('accuracy_perturbed'), '{:.1%}')} | {minutes} |")
     if any(r.get("ece_after") is not None for r in rows):
         lines += ["", "ECE after temperature scaling is cross-fitted: each half of PublicTest (split by a hash "
                       "of the file name) is calibrated with the temperature fitted on the other half."]

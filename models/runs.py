@@ -13,7 +13,7 @@ from pathlib import Path
 
 LOG = logging.getLogger("facebeam.train")
 
-__all__ = ["run_recipe", "summarize", "SUMMARY_KEYS"]
+__all__ = ["run_recipe", "summarize", "report_figures", "SUMMARY_KEYS"]
 
 # What every row of a results table reports (None where it does not apply).
 SUMMARY_KEYS = ("classes", "accuracy", "macro_f1", "disgust_recall", "fear_recall", "ece", "accuracy_tta",
@@ -49,18 +49,25 @@ def run_recipe(argv: list[str], directory: Path) -> dict:
     return train.run(args)
 
 
+def report_figures(report: dict) -> dict:
+    """Accuracy, macro-F1, disgust and fear recall (None without that class) and ECE of one
+    classification report (``models.metrics.classification_report``)."""
+    per_class = report["per_class"]
+    return {
+        "accuracy": report["accuracy"],
+        "macro_f1": report["macro_f1"],
+        "disgust_recall": per_class["disgust"]["recall"] if "disgust" in per_class else None,
+        "fear_recall": per_class["fear"]["recall"] if "fear" in per_class else None,
+        "ece": report["ece"],
+    }
+
+
 def summarize(record: dict) -> dict:
     """The SUMMARY_KEYS of an emotion sidecar: PublicTest figures over the model's own classes."""
-    test = record["public_test"]
-    per_class = test["per_class"]
     fgsm = record.get("public_test_fgsm") or {}
     return {
         "classes": len(record["classes"]),
-        "accuracy": test["accuracy"],
-        "macro_f1": test["macro_f1"],
-        "disgust_recall": per_class["disgust"]["recall"] if "disgust" in per_class else None,
-        "fear_recall": per_class["fear"]["recall"] if "fear" in per_class else None,
-        "ece": test["ece"],
+        **report_figures(record["public_test"]),
         "accuracy_tta": record["public_test_tta"]["accuracy"],
         "accuracy_perturbed": fgsm.get("accuracy"),
         "perturb_eps": fgsm.get("eps"),

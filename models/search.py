@@ -20,6 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
+from models.card import fmt_optional
 from models.runs import run_recipe, summarize
 
 LOG = logging.getLogger("facebeam.train")
@@ -65,22 +66,12 @@ def markdown(table: dict) -> str:
              "| lr | widths | dropout | accuracy | macro F1 | disgust recall | fear recall | ECE | training (min) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(table["rows"], key=lambda r: -r["accuracy"]):
+        seconds = r["train_seconds"]
         lines.append(f"| {r['lr']:g} | {'-'.join(map(str, r['widths']))} | {r['dropout']:g} | "
-                     f"{_pct(r['accuracy'])} | {r['macro_f1']:.3f} | {_num(r['disgust_recall'])} | "
-                     f"{_num(r['fear_recall'])} | {r['ece']:.3f} | {_minutes(r['train_seconds'])} |")
+                     f"{fmt_optional(r['accuracy'], '{:.1%}')} | {r['macro_f1']:.3f} | "
+                     f"{fmt_optional(r['disgust_recall'])} | {fmt_optional(r['fear_recall'])} | {r['ece']:.3f} | "
+                     f"{fmt_optional(None if seconds is None else seconds / 60, '{:.1f}')} |")
     return "\n".join(lines) + "\n"
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def _num(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f}"
-
-
-def _minutes(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds / 60:.1f}"
 
 
 def _write(table: dict, workdir: Path) -> None:
