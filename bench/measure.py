@@ -23,6 +23,7 @@ import os
 import resource
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -84,17 +85,19 @@ def _decode_facebeam(path: Path):
 
 
 class _Clock:
-    """Seconds spent per named stage."""
+    """Seconds spent per named stage (summed over threads when several time into it)."""
 
     def __init__(self):
         self.totals: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
 
     def timed(self, stage: str, fn, *args, **kwargs):
         t0 = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            self.totals[stage] += time.perf_counter() - t0
+            with self._lock:
+                self.totals[stage] += time.perf_counter() - t0
 
     def rounded(self) -> dict[str, float]:
         return {k: round(v, 3) for k, v in self.totals.items()}
@@ -263,57 +266,44 @@ def run_detection(corpus: Path, workers: int = 1) -> dict:
     ``workers`` > 1: the files are shared out over that many threads, one detector each (as each
     pipeline worker holds one): the detector's own limit on a machine with several cores.
     """
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from transforms import imaging
     from transforms.faces import DetectOptions, make_detector
 
     clock = _Clock()
-    lock = threading.Lock()
     local = threading.local()
     options = DetectOptions()
-    counts = {"files": 0, "frames": 0, "detections": 0}
 
-    def timed(stage, fn, *args):
-        t0 = time.perf_counter()
-        try:
-            return fn(*args)
-        finally:
-            with lock:
-                clock.totals[stage] += time.perf_counter() - t0
-
-    def one_file(path: Path) -> None:
+    def one_file(path: Path) -> tuple[int, int]:
+        """(frames, detections) of one file."""
         if getattr(local, "detector", None) is None:
-            local.detector = timed("load", make_detector, "mtcnn")
+            local.detector = clock.timed("load", make_detector, "mtcnn")
         detector = local.detector
         frames = detections = 0
         decoded = _frames(path, _decode_facebeam)
         while True:
-            item = timed("decode", next, decoded, None)
+            item = clock.timed("decode", next, decoded, None)
             if item is None:
                 break
             image = item[2]
             frames += 1
             h, w = image.shape[:2]
             scale = imaging.detection_scale(w, h, options.min_face_size, options.max_side, detector.min_face)
-            found = timed("detect (resize + detector)", lambda: detector(imaging.resize_by(image, scale)))
+            found = clock.timed("detect (resize + detector)", lambda: detector(imaging.resize_by(image, scale)))
             detections += len(found)
-        with lock:
-            counts["files"] += 1
-            counts["frames"] += frames
-            counts["detections"] += detections
+        return frames, detections
 
     t0, c0 = time.perf_counter(), time.process_time()
     if workers <= 1:
-        for path in _media(corpus):
-            one_file(path)
+        per_file = [one_file(path) for path in _media(corpus)]
     else:
         with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(one_file, _media(corpus)))
+            per_file = list(pool.map(one_file, _media(corpus)))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     # with several threads the stage totals add up thread time, more than the wall time
-    return {"seconds": round(wall, 3), "cpu_seconds": round(cpu, 3), **counts, "workers": workers,
+    return {"seconds": round(wall, 3), "cpu_seconds": round(cpu, 3), "files": len(per_file),
+            "frames": sum(f for f, _ in per_file), "detections": sum(d for _, d in per_file), "workers": workers,
             "stages": clock.rounded()}
 
 

@@ -52,6 +52,14 @@ class Measurement(NamedTuple):
     frames: int = 0
 
 
+def _photo() -> np.ndarray:
+    """The BGR example photo every generated input is made from."""
+    photo = cv2.imread(str(PHOTO))
+    if photo is None:
+        raise ValueError(f"cannot read {PHOTO}; run from a checkout with examples/")
+    return photo
+
+
 def make_image(photo: np.ndarray, rng: random.Random) -> np.ndarray:
     """A random crop of ``photo`` holding its face band, resized to SIZE, maybe mirrored, re-lit."""
     h, w = photo.shape[:2]
@@ -68,9 +76,7 @@ def make_image(photo: np.ndarray, rng: random.Random) -> np.ndarray:
 
 def write_corpus(directory: Path, n: int, seed: int = 0) -> None:
     """N JPEGs in ``directory``; image i depends on the seed and i alone."""
-    photo = cv2.imread(str(PHOTO))
-    if photo is None:
-        raise ValueError(f"cannot read {PHOTO}; run from a checkout with examples/")
+    photo = _photo()
     directory.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         image = make_image(photo, random.Random(f"{seed}-{i}"))
@@ -85,10 +91,7 @@ UHD = (3840, 2160)
 
 def write_video(path: Path, frames: int, fps: float = 30.0) -> None:
     """A 4K mp4 of ``frames`` frames: the photo scaled up, drifting a few pixels a frame."""
-    photo = cv2.imread(str(PHOTO))
-    if photo is None:
-        raise ValueError(f"cannot read {PHOTO}; run from a checkout with examples/")
-    big = cv2.resize(photo, (UHD[0] + 2 * frames, UHD[1]), interpolation=cv2.INTER_LINEAR)
+    big = cv2.resize(_photo(), (UHD[0] + 2 * frames, UHD[1]), interpolation=cv2.INTER_LINEAR)
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, UHD)
     try:
