@@ -37,6 +37,8 @@ __all__ = ["AnalyzeOptions", "run", "build", "main", "build_argv"]
 LOG = logging.getLogger("facebeam")
 
 DEFAULT_RUNNER = "FnApiRunner"
+# Beam's local runners, which run the workers on this machine.
+_LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner")
 # Runners known to lose data silently: refused, with the reason.
 _REFUSED_RUNNERS = {
     "daskrunner": "Beam's DaskRunner drops what DoFns emit in finish_bundle (the last batch of each "
@@ -107,14 +109,19 @@ def build_argv(argv: list[str]) -> list[str]:
     return argv
 
 
+def _runner_name(opts: PipelineOptions) -> str:
+    """The runner's class name, without a module path ("FnApiRunner" for "a.b.FnApiRunner")."""
+    return str(opts.view_as(StandardOptions).runner or "").rsplit(".", 1)[-1]
+
+
 def _check_runner(opts: PipelineOptions) -> None:
-    runner = str(opts.view_as(StandardOptions).runner or "")
-    reason = _REFUSED_RUNNERS.get(runner.rsplit(".", 1)[-1].lower())
+    runner = _runner_name(opts)
+    reason = _REFUSED_RUNNERS.get(runner.lower())
     if reason:
-        raise ValueError(f"--runner={runner} is not supported: {reason}")
+        raise ValueError(f"--runner={opts.view_as(StandardOptions).runner} is not supported: {reason}")
     direct = opts.view_as(DirectOptions)
-    if runner.rsplit(".", 1)[-1] in ("FnApiRunner", "DirectRunner") and direct.direct_running_mode == \
-            "multi_threading" and (direct.direct_num_workers or 1) != 1:
+    if runner in _LOCAL_RUNNERS and direct.direct_running_mode == "multi_threading" \
+            and (direct.direct_num_workers or 1) != 1:
         raise ValueError(f"--direct_running_mode=multi_threading is not supported: {_THREADS_REFUSED}")
 
 
@@ -179,9 +186,8 @@ def run(argv: list[str] | None = None, test_pipeline=None):
 
 def _runs_in_this_process(opts: PipelineOptions) -> bool:
     """True for the local runner with its workers in this process (where a progress bar can follow them)."""
-    runner = str(opts.view_as(StandardOptions).runner or "").rsplit(".", 1)[-1]
     direct = opts.view_as(DirectOptions)
-    return runner in ("FnApiRunner", "DirectRunner") and (direct.direct_num_workers or 1) == 1 \
+    return _runner_name(opts) in _LOCAL_RUNNERS and (direct.direct_num_workers or 1) == 1 \
         and direct.direct_running_mode != "multi_processing"
 
 
