@@ -1,6 +1,6 @@
 """Embedding + small classifier: one of our emotion networks' penultimate features into a small MLP.
 
-    python -m models.train emotion-embedding --base models/weights/emotion_v1.keras \\
+    python -m models.train emotion-embedding --base models/weights/emotion_v2.keras \\
         --workdir runs/emotion_embedding --out runs/out --name emotion_embedding
 
 The base network stays frozen. Its ``embedding`` layer (the 128 features before the softmax) is
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from models import data as fdata
+from models.registry import DEFAULT_MODELS
 
 LOG = logging.getLogger("facebeam.train")
 
@@ -33,7 +34,8 @@ EMBEDDING_LAYER = "embedding"
 
 def add_arguments(s: argparse.ArgumentParser) -> None:
     """The emotion-embedding recipe's flags, on ``models.train``'s subcommand parser."""
-    s.add_argument("--base", default="emotion_v1", help="shipped emotion model name or .keras path with sidecar")
+    s.add_argument("--base", default=DEFAULT_MODELS["emotion"],
+                   help="shipped emotion model name or .keras path with sidecar")
     s.add_argument("--data_dir", default=str(fdata.default_data_dir()), help="folder holding fer2013/")
     s.add_argument("--workdir", default="runs/emotion_embedding", help="features and checkpoints; rerun to resume")
     s.add_argument("--out", default="models/weights", help="where the best model and its record go")
@@ -82,16 +84,12 @@ def mlp_head(dim: int, num_classes: int, hidden: int, dropout: float, seed: int)
 
 def _features(extractor, images: np.ndarray, views: int, seed: int, batch_size: int = 256) -> np.ndarray:
     """(views * N, D) features of uint8 (N, 48, 48) faces: plain, then ``views - 1`` augmented copies."""
-    import tensorflow as tf
+    from models.augment import AUGMENTATION, augment_batch
 
-    from models.networks import augmentation
-
-    x = images[..., None].astype(np.float32)
-    out = [extractor.predict(x, batch_size=batch_size, verbose=0)]
-    augment = augmentation("emotion", seed)
+    out = [extractor.predict(images[..., None].astype(np.float32), batch_size=batch_size, verbose=0)]
+    rng = np.random.default_rng(seed)
     for _ in range(views - 1):
-        copies = np.concatenate([augment(tf.constant(x[i:i + batch_size] / 255.0), training=True).numpy() * 255.0
-                                 for i in range(0, len(x), batch_size)])
+        copies = augment_batch(images, AUGMENTATION["emotion"], rng)[..., None].astype(np.float32)
         out.append(extractor.predict(copies, batch_size=batch_size, verbose=0))
     return np.concatenate(out).astype(np.float32)
 
@@ -113,8 +111,8 @@ def _cached_features(path: Path, key: str, compute) -> tuple[np.ndarray, float]:
 def train_emotion_embedding(args: argparse.Namespace) -> dict:
     """Trains the MLP on the base's features and writes the composed model with its sidecar."""
     import keras
-    import tensorflow as tf
 
+    from models.feed import Batches
     from models.registry import load_checked, resolve
     from models.train import (FGSM_EPS, cosine_schedule, emotion_faces, emotion_record, fit_resumable,
                               inverse_frequency_weights, read_history, train_seconds, write_outputs)
@@ -137,10 +135,7 @@ def train_emotion_embedding(args: argparse.Namespace) -> dict:
     class_weight = inverse_frequency_weights(y_tr, len(classes)) if args.class_weight else None
 
     def dataset(f, t, shuffle):
-        ds = tf.data.Dataset.from_tensor_slices((f, t))
-        if shuffle:
-            ds = ds.shuffle(len(f), seed=args.seed, reshuffle_each_iteration=True)
-        return ds.batch(args.batch_size).prefetch(2)
+        return Batches(f, t, args.batch_size, shuffle, args.seed)
 
     head = mlp_head(f_tr.shape[1], len(classes), args.hidden, args.dropout, args.seed)
     steps = int(np.ceil(len(f_tr) / args.batch_size))

@@ -1,7 +1,7 @@
 """Keras networks for emotion (FER2013) and age + gender (UTKFace).
 
 Every network takes pixels in [0, 255] (float32) and rescales itself, so callers feed plain image
-arrays. Training-time augmentation layers live inside the model and are identity at inference.
+arrays. Training-time augmentation happens before the network, on the host (``models.augment``).
 """
 
 from __future__ import annotations
@@ -9,33 +9,9 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-__all__ = ["emotion_net", "age_gender_net", "augmentation", "ARCHITECTURES", "AUGMENTATION"]
+__all__ = ["emotion_net", "age_gender_net", "ARCHITECTURES"]
 
 ARCHITECTURES = ("vgg", "small", "resnet")
-
-# Per task: rotation (fraction of a full turn), shift and zoom (fractions of the side), contrast factor.
-AUGMENTATION = {
-    "emotion": dict(rotation=0.05, shift=0.1, zoom=0.1, contrast=0.0),
-    "age-gender": dict(rotation=0.05, shift=0.08, zoom=0.1, contrast=0.2),
-}
-
-
-def augmentation(task: str, seed: int = 0) -> keras.Sequential:
-    """The task's augmentation on pixels in [0, 1] (random in training, identity otherwise)."""
-    return _augmentation(seed=seed, **AUGMENTATION[task])
-
-
-def _augmentation(rotation: float, shift: float, zoom: float, contrast: float, seed: int) -> keras.Sequential:
-    """Random flip, rotation, shift and zoom (fractions of the image), as in the FER2013 literature."""
-    steps: list[layers.Layer] = [
-        layers.RandomFlip("horizontal", seed=seed),
-        layers.RandomRotation(rotation, fill_mode="nearest", seed=seed + 1),
-        layers.RandomTranslation(shift, shift, fill_mode="nearest", seed=seed + 2),
-        layers.RandomZoom(zoom, fill_mode="nearest", seed=seed + 3),
-    ]
-    if contrast:
-        steps.append(layers.RandomContrast(contrast, value_range=(0.0, 1.0), seed=seed + 4))
-    return keras.Sequential(steps, name="augment")
 
 
 def _conv_bn_relu(x, width: int, name: str):
@@ -71,14 +47,10 @@ def emotion_net(
     arch: str = "vgg",
     widths: tuple[int, ...] = (32, 64, 128, 256),
     dropout: float = 0.4,
-    augment: bool = True,
-    seed: int = 0,
 ) -> keras.Model:
     """Emotion classifier: (N, S, S, 1) grey pixels in [0, 255] -> (N, num_classes) softmax."""
     inputs = keras.Input((input_size, input_size, 1), name="face")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
-    if augment:
-        x = augmentation("emotion", seed)(x)
     x = _backbone(x, arch, widths)
     x = layers.Dropout(dropout, name="dropout")(x)
     x = layers.Dense(128, activation="relu", name="embedding")(x)
@@ -91,15 +63,11 @@ def age_gender_net(
     arch: str = "vgg",
     widths: tuple[int, ...] = (32, 64, 128, 256),
     dropout: float = 0.3,
-    augment: bool = True,
     mean_age: float = 33.0,
-    seed: int = 0,
 ) -> keras.Model:
     """Age and gender: (N, S, S, 3) RGB pixels in [0, 255] -> {'age': (N, 1) years, 'gender': (N, 1) P(female)}."""
     inputs = keras.Input((input_size, input_size, 3), name="face")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
-    if augment:
-        x = augmentation("age-gender", seed)(x)
     # A single conv in the first block: at 64x64 the first block dominates the cost.
     x = _backbone(x, arch, widths, first_block_convs=1)
     x = layers.Dropout(dropout, name="dropout")(x)

@@ -2,7 +2,7 @@
 
     python -m models.train emotion --epochs 14 --workdir runs/emotion --out models/weights
     python -m models.train age-gender --epochs 12 --workdir runs/age_gender --out models/weights
-    python -m models.train emotion-embedding --base models/weights/emotion_v1.keras --workdir runs/emb
+    python -m models.train emotion-embedding --base models/weights/emotion_v2.keras --workdir runs/emb
 
 Each epoch is checkpointed in ``--workdir`` (weights, optimizer and schedule state), so a killed run
 started again with the same command resumes at the last finished epoch. The best epoch on the
@@ -33,7 +33,8 @@ LOG = logging.getLogger("facebeam.train")
 
 __all__ = [
     "main", "parse_args", "run", "train_emotion", "train_age_gender", "emotion_predict", "age_gender_predict",
-    "fit_resumable", "read_history", "write_outputs", "emotion_record", "emotion_faces", "cosine_schedule",
+    "fit_resumable", "read_history", "read_sittings", "write_outputs", "emotion_record", "emotion_faces",
+    "cosine_schedule",
     "train_seconds", "set_threads", "inverse_frequency_weights", "FGSM_EPS",
 ]
 
@@ -43,10 +44,15 @@ FGSM_EPS = 0.01
 
 
 def set_threads(threads: int) -> None:
-    """TF's thread pools (0: TF's default, all cores); only before TF has run anything."""
-    import tensorflow as tf
+    """TF's thread pools (0: TF's default, all cores); only before TF has run anything.
 
-    if threads:
+    Other Keras backends (``KERAS_BACKEND=jax`` or ``torch``) keep their own defaults.
+    """
+    import keras
+
+    if threads and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
 
@@ -83,7 +89,10 @@ def fit_resumable(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: 
     """Trains to ``epochs`` (or to ``stop_after`` of them), resuming from ``workdir``'s last epoch.
 
     Returns (path of the best epoch's model, seconds of this sitting). ``keep`` is the model saved
-    as the best epoch when it is not ``model`` itself (a training wrapper's inner model).
+    as the best epoch when it is not ``model`` itself (a training wrapper's inner model). A run
+    whose history already holds ``epochs`` epochs is not fitted again: its kept model is the
+    result, so a run trained elsewhere (its ``best.keras`` and ``history.csv`` copied over, say
+    from a GPU machine with another Keras backend) is finished here by the same command.
     """
     import keras
 
@@ -92,7 +101,11 @@ def fit_resumable(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: 
     workdir.mkdir(parents=True, exist_ok=True)
     best = workdir / "best.keras"
     history_path = workdir / "history.csv"
-    seen = [h[monitor] for h in read_history(workdir) if monitor in h] if best.exists() else []
+    history = read_history(workdir)
+    if best.exists() and len(history) >= epochs:
+        LOG.info("%s: all %d epochs trained; using its kept model", workdir, epochs)
+        return best, 0.0
+    seen = [h[monitor] for h in history if monitor in h] if best.exists() else []
     callbacks = [
         # Kept after the last epoch, so that a sitting ended by --stop_after can be resumed.
         keras.callbacks.BackupAndRestore(str(workdir / "backup"), delete_checkpoint=False),
@@ -103,7 +116,52 @@ def fit_resumable(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: 
     start = time.time()
     model.fit(train_ds, validation_data=val_ds, epochs=min(stop_after or epochs, epochs), callbacks=callbacks,
               class_weight=class_weight, verbose=2)
-    return best, time.time() - start
+    seconds = time.time() - start
+    _log_sitting(workdir, len(history), len(read_history(workdir)), seconds)
+    return best, seconds
+
+
+def _log_sitting(workdir: Path, first: int, last: int, seconds: float) -> None:
+    """Appends one line to ``workdir/sittings.jsonl``: the epochs a sitting trained, where and how long."""
+    import platform
+
+    import keras
+
+    line = {"epochs": [first, last], "seconds": round(seconds, 1), "backend": keras.backend.backend(),
+            "device": _device_name(), "host": platform.node()}
+    with open(workdir / "sittings.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def read_sittings(workdir: Path) -> list[dict]:
+    """The sittings ``fit_resumable`` logged in ``workdir`` (backend, device, epochs, seconds)."""
+    path = workdir / "sittings.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _device_name() -> str:
+    """The accelerator the backend trains on ("cpu" without one)."""
+    import keras
+
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            device = jax.devices()[0]
+            return "cpu" if device.platform == "cpu" else f"{device.platform}: {device.device_kind}"
+        if backend == "torch":
+            import torch
+
+            return f"cuda: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cpu"
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            return f"gpu: {gpus[0].name}" if gpus else "cpu"
+    except Exception:  # noqa: BLE001 - a label only
+        pass
+    return "unknown"
 
 
 def read_history(workdir: Path) -> list[dict]:
@@ -146,15 +204,23 @@ def emotion_predict(model, images: np.ndarray, tta: bool, batch_size: int = 256)
     return probs
 
 
-def _wrap_adversarial(base, args: argparse.Namespace, task: str):
-    """``base`` itself, or the adversarial training wrapper around it (augmenting outside ``base``)."""
+def _wrap_adversarial(base, args: argparse.Namespace):
+    """``base`` itself, or the adversarial training wrapper around it."""
     if not args.adv_multiplier:
         return base
     from models.adversarial import AdversarialRegularization
-    from models.networks import augmentation
 
-    augment = None if args.no_augment else augmentation(task, args.seed)
-    return AdversarialRegularization(base, args.adv_multiplier, args.adv_step, augment=augment)
+    return AdversarialRegularization(base, args.adv_multiplier, args.adv_step)
+
+
+def _batches(args: argparse.Namespace, task: str, x, targets, training: bool):
+    """The recipe's batches: training ones shuffled and (unless --no_augment) augmented."""
+    from models.augment import AUGMENTATION
+    from models.feed import Batches
+
+    augment = AUGMENTATION[task] if training and not args.no_augment else None
+    return Batches(x, targets, args.batch_size, shuffle=training, seed=args.seed, augment=augment,
+                   workers=args.workers)
 
 
 def emotion_faces(args: argparse.Namespace) -> tuple[fdata.EmotionTargets, fdata.EmotionTargets]:
@@ -190,7 +256,6 @@ def emotion_record(model, test: fdata.EmotionTargets, classes: tuple[str, ...], 
 
 def train_emotion(args: argparse.Namespace) -> dict:
     import keras
-    import tensorflow as tf
 
     from models.networks import emotion_net
 
@@ -205,17 +270,9 @@ def train_emotion(args: argparse.Namespace) -> dict:
         x_tr, t_tr, y_tr = x_tr[idx], t_tr[idx], y_tr[idx]
     class_weight = inverse_frequency_weights(y_tr, len(classes)) if args.class_weight else None
 
-    def dataset(x, t, shuffle):
-        ds = tf.data.Dataset.from_tensor_slices((x[..., None], t))
-        if shuffle:
-            ds = ds.shuffle(len(x), seed=args.seed, reshuffle_each_iteration=True)
-        return ds.batch(args.batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b)).prefetch(2)
-
     steps = int(np.ceil(len(x_tr) / args.batch_size))
-    # With adversarial regularization the augmentation moves into the wrapper (see models.adversarial).
-    base = emotion_net(num_classes=len(classes), arch=args.arch, widths=tuple(args.widths), dropout=args.dropout,
-                       augment=not args.no_augment and not args.adv_multiplier, seed=args.seed)
-    model = _wrap_adversarial(base, args, "emotion")
+    base = emotion_net(num_classes=len(classes), arch=args.arch, widths=tuple(args.widths), dropout=args.dropout)
+    model = _wrap_adversarial(base, args)
     model.compile(
         optimizer=keras.optimizers.AdamW(cosine_schedule(args.lr, steps, args.epochs, 1.0),
                                          weight_decay=args.weight_decay),
@@ -223,7 +280,8 @@ def train_emotion(args: argparse.Namespace) -> dict:
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
     LOG.info("emotion: %d train / %d test faces, %d params", len(x_tr), len(x_te), base.count_params())
-    best, seconds = fit_resumable(model, dataset(x_tr, t_tr, True), dataset(x_te, t_te, False), args.epochs,
+    best, seconds = fit_resumable(model, _batches(args, "emotion", x_tr[..., None], t_tr, True),
+                                  _batches(args, "emotion", x_te[..., None], t_te, False), args.epochs,
                                   Path(args.workdir), "val_accuracy", "max", class_weight, args.stop_after,
                                   keep=base if model is not base else None)
     model = keras.models.load_model(best, compile=False)
@@ -232,6 +290,7 @@ def train_emotion(args: argparse.Namespace) -> dict:
         "task": "emotion", "classes": list(classes), "input": [48, 48, 1], "template": list(fdata.FER_TEMPLATE), "params": model.count_params(),
         "command": args.command, "recipe": args.recipe, "train_faces": int(len(x_tr)),
         "train_seconds_this_sitting": round(seconds, 1), "train_seconds": train_seconds(history), "history": history,
+        "sittings": read_sittings(Path(args.workdir)),
         **emotion_record(model, test, classes, args.adv_step),
     }
     write_outputs(best, Path(args.out), args.name, record)
@@ -259,7 +318,6 @@ def age_gender_predict(model, images: np.ndarray, tta: bool = False, batch_size:
 
 def train_age_gender(args: argparse.Namespace) -> dict:
     import keras
-    import tensorflow as tf
 
     from models.networks import age_gender_net
 
@@ -271,18 +329,14 @@ def train_age_gender(args: argparse.Namespace) -> dict:
     if args.limit:
         tr, va = tr[:args.limit], va[:args.limit]
 
-    def dataset(idx, shuffle):
-        ds = tf.data.Dataset.from_tensor_slices(
-            (utk.images[idx], {"age": utk.age[idx, None], "gender": utk.gender[idx, None].astype(np.float32)}))
-        if shuffle:
-            ds = ds.shuffle(len(idx), seed=args.seed, reshuffle_each_iteration=True)
-        return ds.batch(args.batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b)).prefetch(2)
+    def dataset(idx, training):
+        targets = {"age": utk.age[idx, None].astype(np.float32), "gender": utk.gender[idx, None].astype(np.float32)}
+        return _batches(args, "age-gender", utk.images[idx], targets, training)
 
     steps = int(np.ceil(len(tr) / args.batch_size))
     base = age_gender_net(input_size=args.size, arch=args.arch, widths=tuple(args.widths), dropout=args.dropout,
-                          augment=not args.no_augment and not args.adv_multiplier,
-                          mean_age=float(utk.age[tr].mean()), seed=args.seed)
-    model = _wrap_adversarial(base, args, "age-gender")
+                          mean_age=float(utk.age[tr].mean()))
+    model = _wrap_adversarial(base, args)
     model.compile(
         optimizer=keras.optimizers.AdamW(cosine_schedule(args.lr, steps, args.epochs, 1.0),
                                          weight_decay=args.weight_decay),
@@ -304,6 +358,7 @@ def train_age_gender(args: argparse.Namespace) -> dict:
         "task": "age-gender", "input": [args.size, args.size, 3], "template": list(fdata.UTK_TEMPLATE), "params": model.count_params(),
         "command": args.command, "recipe": args.recipe, "train_faces": int(len(tr)),
         "train_seconds_this_sitting": round(seconds, 1), "train_seconds": train_seconds(history), "history": history,
+        "sittings": read_sittings(Path(args.workdir)),
         "validation": age_gender_report(utk.age[va], utk.gender[va], age, p_female, utk.race[va]),
         "validation_tta": age_gender_report(utk.age[va], utk.gender[va], age_t, p_t, utk.race[va]),
     }
@@ -338,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--no_augment", action="store_true", help="train without augmentation")
         s.add_argument("--seed", type=int, default=1, help="random seed (data order, init, augmentation)")
         s.add_argument("--threads", type=int, default=0, help="TF intra-op threads (0: all cores)")
+        s.add_argument("--workers", type=int, default=1, help="threads preparing (augmenting) batches")
         s.add_argument("--limit", type=int, default=0, help="use only the first N faces (smoke runs)")
         s.add_argument("--adv_multiplier", type=float, default=0.0,
                        help="weight of the adversarial loss (0: off); e.g. 0.3 with --adv_step 0.01")
@@ -365,7 +421,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     args.command = "python -m models.train " + shlex.join(argv)
     args.recipe = {k: v for k, v in vars(args).items()
-                   if k not in ("command", "data_dir", "workdir", "out", "threads", "stop_after")}
+                   if k not in ("command", "data_dir", "workdir", "out", "threads", "workers", "stop_after")}
     return args
 
 

@@ -54,7 +54,7 @@ def _tiny_emotion_net(seed: int = 0):
     from models.networks import emotion_net
 
     keras.utils.set_random_seed(seed)
-    return emotion_net(widths=(4, 8), dropout=0.0, augment=False, seed=seed)
+    return emotion_net(widths=(4, 8), dropout=0.0)
 
 
 def _compile(model):
@@ -171,7 +171,7 @@ def test_calibration_cli_fits_on_the_training_files_validation_split(fer_dir, ca
                              "--eval", str(fer / "fer2013_PublicTest.npz"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["temperature"] > 0 and out["fit_n"] < 112 and out["eval_n"] == 56
-    assert out["ece_after"] != out["ece_before"] and out["model"].startswith("emotion_v1@")
+    assert out["ece_after"] != out["ece_before"] and out["model"].startswith("emotion_v2@")
 
 
 def test_search_trains_each_combination_once_and_writes_a_table(fer_dir, tmp_path, monkeypatch):
@@ -231,7 +231,7 @@ def test_ablation_rows_and_their_card(fer_dir, tmp_path, monkeypatch):
     assert ablate.main(argv) == 0
     assert json.loads(out.read_text())["rows"] == results["rows"]
 
-    text = card.render("emotion_v1", results)
+    text = card.render("emotion_v2", results)
     section = text[text.index("## Ablations"):]
     assert "--epochs 1" in section and "same budget" in section and "own classes" in section
     for name in rows:

@@ -1,0 +1,61 @@
+"""Training batches from in-memory arrays, for every Keras backend (TensorFlow, JAX, PyTorch).
+
+Images stay uint8 in memory and become float32 one batch at a time, so a data set costs its own
+bytes, not four times them. The order is reshuffled each epoch from a seeded generator, and
+training batches are augmented on the host (``models.augment``) by ``workers`` threads.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from models.augment import Augmentation, augment_batch
+
+__all__ = ["Batches"]
+
+
+class Batches(keras.utils.PyDataset):
+    """(x, y) batches of ``x`` (N, ...) cast to float32 and ``y`` (an array or a dict of arrays).
+
+    Args:
+      x: inputs, any dtype (uint8 pixels, float features).
+      y: targets: an (N, ...) array or a dict of them (one per model output).
+      batch_size: rows per batch; the last batch holds the remainder.
+      shuffle: draw a new order each epoch (training) or keep the given one (validation).
+      seed: seed of the order and of the augmentation.
+      augment: random changes to each batch of uint8 faces (None: as they are).
+      workers: threads preparing batches ahead of the model.
+    """
+
+    def __init__(self, x: np.ndarray, y, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 augment: Augmentation | None = None, workers: int = 1):
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max(10, 2 * workers))
+        n = len(x)
+        for name, target in (y.items() if isinstance(y, dict) else [("y", y)]):
+            if len(target) != n:
+                raise ValueError(f"{n} inputs but {len(target)} targets in {name!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        self.x, self.y, self.batch_size, self.shuffle, self.augment = x, y, batch_size, shuffle, augment
+        self.seed, self.epoch = seed, 0
+        self._rng = np.random.default_rng(seed)
+        self._order = self._rng.permutation(n) if shuffle else np.arange(n)
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def __getitem__(self, i: int):
+        idx = np.sort(self._order[i * self.batch_size:(i + 1) * self.batch_size])
+        x = self.x[idx]
+        if self.augment is not None:
+            x = augment_batch(x, self.augment, np.random.default_rng([self.seed, self.epoch, i]))
+        x = x.astype(np.float32)
+        if isinstance(self.y, dict):
+            return x, {k: v[idx] for k, v in self.y.items()}
+        return x, self.y[idx]
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        if self.shuffle:
+            self._order = self._rng.permutation(len(self.x))

@@ -1,0 +1,151 @@
+"""Host-side augmentation, training batches, and runs finished on another machine or backend."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from models.augment import AUGMENTATION, Augmentation, augment_batch
+
+
+def _faces(n=8, size=24, channels=None, seed=0):
+    shape = (n, size, size) if channels is None else (n, size, size, channels)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def test_augmentation_with_no_range_is_the_identity_and_keeps_shape_and_dtype():
+    for channels in (None, 1, 3):
+        x = _faces(channels=channels)
+        y = augment_batch(x, Augmentation(0.0, 0.0, 0.0, 0.0, flip=False), np.random.default_rng(0))
+        assert y.dtype == np.uint8 and y.shape == x.shape
+        np.testing.assert_array_equal(y, x)
+
+
+def test_flip_alone_mirrors_about_half_the_faces_exactly():
+    x = _faces(n=64)
+    y = augment_batch(x, Augmentation(0.0, 0.0, 0.0, 0.0, flip=True), np.random.default_rng(1))
+    mirrored = [np.array_equal(y[i], x[i, :, ::-1]) for i in range(64)]
+    same = [np.array_equal(y[i], x[i]) for i in range(64)]
+    assert all(m or s for m, s in zip(mirrored, same))
+    assert 16 < sum(mirrored) < 48
+
+
+def test_contrast_is_the_per_channel_formula():
+    x = _faces(n=4, channels=3)
+    spec = Augmentation(0.0, 0.0, 0.0, contrast=0.5, flip=False)
+    y = augment_batch(x, spec, np.random.default_rng(2))
+    factors = np.random.default_rng(2)
+    # The draws in augment_batch's order: angle, scale, shift (2 per face), then flips are off, then contrast.
+    factors.uniform(size=4), factors.uniform(size=4), factors.uniform(size=(4, 2))
+    f = factors.uniform(0.5, 1.5, 4)
+    xf = x.astype(np.float32)
+    mean = xf.reshape(4, -1, 3).mean(axis=1)[:, None, None, :]
+    expected = np.clip((xf - mean) * f[:, None, None, None] + mean, 0, 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_augmentation_is_seeded_and_changes_faces():
+    x = _faces(n=16, size=48)
+    a = augment_batch(x, AUGMENTATION["emotion"], np.random.default_rng(5))
+    b = augment_batch(x, AUGMENTATION["emotion"], np.random.default_rng(5))
+    c = augment_batch(x, AUGMENTATION["emotion"], np.random.default_rng(6))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c) and not np.array_equal(a, x)
+
+
+def test_augmentation_refuses_float_or_flat_input():
+    with pytest.raises(ValueError, match="uint8"):
+        augment_batch(np.zeros((2, 8, 8), np.float32), AUGMENTATION["emotion"], np.random.default_rng(0))
+    with pytest.raises(ValueError, match="uint8"):
+        augment_batch(np.zeros((8, 8), np.uint8), AUGMENTATION["emotion"], np.random.default_rng(0))
+
+
+def test_batches_cover_every_row_once_per_epoch_in_a_new_order():
+    from models.feed import Batches
+
+    x = np.arange(10, dtype=np.uint8)[:, None]
+    y = {"a": np.arange(10) * 2, "b": np.arange(10) * 3}
+    batches = Batches(x, y, batch_size=4, shuffle=True, seed=3)
+    assert len(batches) == 3
+    orders = []
+    for _ in range(2):
+        seen = []
+        for i in range(len(batches)):
+            xb, yb = batches[i]
+            assert xb.dtype == np.float32
+            np.testing.assert_array_equal(yb["a"], xb[:, 0] * 2)
+            np.testing.assert_array_equal(yb["b"], xb[:, 0] * 3)
+            seen += xb[:, 0].astype(int).tolist()
+        assert sorted(seen) == list(range(10))
+        orders.append(seen)
+        batches.on_epoch_end()
+    assert orders[0] != orders[1]
+    plain = Batches(x, y["a"], batch_size=4)
+    assert plain[0][0][:, 0].tolist() == [0, 1, 2, 3]
+
+
+def test_batches_augment_only_when_asked_and_refuse_mismatched_targets():
+    from models.feed import Batches
+
+    x = _faces(n=6, size=48, channels=1)
+    y = np.zeros((6, 7), np.float32)
+    plain = Batches(x, y, batch_size=6)[0][0]
+    np.testing.assert_array_equal(plain, x.astype(np.float32))
+    augmented = Batches(x, y, batch_size=6, augment=AUGMENTATION["emotion"], seed=1)
+    first = augmented[0][0]
+    assert not np.array_equal(first, plain)
+    np.testing.assert_array_equal(first, augmented[0][0])  # a batch's draw depends on seed, epoch and index
+    augmented.on_epoch_end()
+    assert not np.array_equal(first, augmented[0][0])
+    with pytest.raises(ValueError, match="6 inputs but 5 targets"):
+        Batches(x, y[:5], batch_size=2)
+
+
+def test_a_run_with_all_epochs_trained_is_not_fitted_again(tmp_path):
+    import keras
+
+    from models.feed import Batches
+    from models.networks import emotion_net
+    from models.train import fit_resumable, read_history, read_sittings
+
+    keras.utils.set_random_seed(0)
+    x = _faces(n=16, size=48, channels=1)
+    y = np.eye(7, dtype=np.float32)[np.arange(16) % 7]
+    model = emotion_net(widths=(4, 8), dropout=0.0)
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    data = Batches(x, y, batch_size=8, shuffle=True)
+    best, seconds = fit_resumable(model, data, Batches(x, y, batch_size=8), 1, tmp_path, "val_accuracy", "max")
+    assert best.exists() and seconds > 0 and len(read_history(tmp_path)) == 1
+    (sitting,) = read_sittings(tmp_path)
+    assert sitting["epochs"] == [0, 1] and sitting["backend"] == keras.backend.backend()
+    assert sitting["device"] == "cpu"
+
+    # A copy of only the kept model, history and sittings (as from another machine) is finished as is.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("best.keras", "history.csv", "sittings.jsonl"):
+        (elsewhere / name).write_bytes((tmp_path / name).read_bytes())
+    fresh = emotion_net(widths=(4, 8), dropout=0.0)
+    fresh.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    again, seconds = fit_resumable(fresh, data, Batches(x, y, batch_size=8), 1, elsewhere, "val_accuracy", "max")
+    assert again == elsewhere / "best.keras" and seconds == 0.0
+    assert len(read_history(elsewhere)) == 1 and len(read_sittings(elsewhere)) == 1
+    assert not (elsewhere / "backup").exists()
+
+
+def test_card_names_each_sitting_and_renders_the_search_table(tmp_path):
+    from models import card
+
+    rec = json.loads((card.WEIGHTS_DIR / "emotion_v2.json").read_text())
+    text = card._sittings(rec)
+    assert text.startswith("Trained in epochs 1-") and "Keras backend" in text
+    assert "not recorded" in card._sittings({"train_seconds_this_sitting": 60.0})
+    table = {"task": "emotion", "epochs": 2, "grid": {"lr": [0.001], "widths": [[4, 8]], "dropout": [0.3]},
+             "train_args": [], "rows": [{"name": "x", "lr": 0.001, "widths": [4, 8], "dropout": 0.3, "accuracy": 0.5,
+                                         "macro_f1": 0.4, "disgust_recall": None, "fear_recall": 0.2, "ece": 0.1,
+                                         "train_seconds": 120.0}]}
+    lines = card._search(table)
+    assert lines[0] == "## Hyperparameter search"
+    assert "| 0.001 | 4-8 | 0.3 | 50.0% | 0.400 | - | 0.200 | 0.100 | 2.0 |" in lines
