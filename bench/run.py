@@ -257,9 +257,9 @@ def _run_modes(n: int, corpus: Path, modes: list[str], repeat: int, beam_args: l
 
 
 def _model_tags() -> dict[str, str]:
-    from models.registry import resolve
+    from models.registry import DEFAULT_MODELS, resolve
 
-    shipped = (("emotion_v1", "emotion"), ("age_gender_v1", "age-gender"))
+    shipped = ((DEFAULT_MODELS["emotion"], "emotion"), (DEFAULT_MODELS["age-gender"], "age-gender"))
     return {task: resolve(name, task).tag for name, task in shipped}
 
 

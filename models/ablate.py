@@ -2,7 +2,7 @@
 
     python -m models.ablate emotion --epochs 12 --workdir runs/ablate --out runs/ablate/results.json
     python -m models.ablate emotion --epochs 12 --only baseline adversarial temperature
-    python -m models.card emotion_v1 --ablations runs/ablate/results.json
+    python -m models.card emotion_v2 --ablations runs/ablate/results.json
 
 Every trained row is ``models.train emotion --epochs N`` with the row's flags, trained into
 ``WORKDIR/<row>/`` (see ``models.runs``: an interrupted row resumes, a finished one is read back).

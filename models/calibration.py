@@ -4,11 +4,11 @@ One scalar T, fitted on held-out faces by minimising the negative log-likelihood
 probabilities p into softmax(log p / T): T > 1 softens an over-confident model, T < 1 sharpens an
 under-confident one, and the predicted class never changes, so accuracy does not either.
 
-    python -m models.calibration --model models/weights/emotion_v1.keras \\
+    python -m models.calibration --model models/weights/emotion_v2.keras \\
         --data ../shared/data/fer2013/fer2013_Training.npz --eval ../shared/data/fer2013/fer2013_PublicTest.npz
 
 fits T on the Training file's validation split (``models.data.validation_mask``) and prints T with the
-ECE before and after on the evaluation file. A model trained on every Training face (emotion_v1 was)
+ECE before and after on the evaluation file. A model trained on every Training face (the shipped ones are)
 has seen that split, so its T there is fitted on training data; the training recipe fits T on the
 PublicTest faces instead and records a cross-fitted ECE as well (see ``cross_fitted``).
 """
@@ -23,6 +23,7 @@ import sys
 import numpy as np
 
 from models.metrics import expected_calibration_error
+from models.registry import DEFAULT_MODELS
 
 LOG = logging.getLogger("facebeam.calibration")
 
@@ -127,7 +128,8 @@ def calibration_record(probs: np.ndarray, labels: np.ndarray, filenames: np.ndar
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.calibration", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="emotion_v1", help="shipped emotion model name or .keras path with sidecar")
+    p.add_argument("--model", default=DEFAULT_MODELS["emotion"],
+                   help="shipped emotion model name or .keras path with sidecar")
     p.add_argument("--data", required=True, help="FER2013 Training npz: T is fitted on its validation split")
     p.add_argument("--eval", required=True, help="FER2013-layout npz on which ECE before and after is reported")
     p.add_argument("--tta", action="store_true", help="calibrate the flip-TTA probabilities")

@@ -1,10 +1,11 @@
 """Writes a model card (markdown) from a model's JSON sidecar.
 
-    python -m models.card emotion_v1 age_gender_v1
-    python -m models.card emotion_v1 --ablations runs/ablate/results.json
+    python -m models.card emotion_v2 age_gender_v1
+    python -m models.card emotion_v2 --ablations runs/ablate/results.json --search runs/search/results.json
 
-The sidecar is what ``models.train`` recorded: recipe, exact command, history, figures, sha256.
-``--ablations`` adds the table of ``models.ablate``'s results to the emotion cards.
+The sidecar is what ``models.train`` recorded: recipe, exact command, history, sittings, figures,
+sha256. ``--ablations`` adds the table of ``models.ablate``'s results to the emotion cards, and
+``--search`` that of ``models.search``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from models.registry import WEIGHTS_DIR
+from models.registry import DEFAULT_MODELS, WEIGHTS_DIR
 
 __all__ = ["render", "fmt_optional", "main"]
 
@@ -113,7 +114,9 @@ def _ablations(results: dict) -> list[str]:
         "`tta` and `temperature` re-score the baseline without training; `embedding_mlp` trains a classifier "
         f"on the baseline's frozen embedding for the same {epochs}-epoch schedule (its time excludes the baseline's). "
         "`label_set_6` and `label_set_5` are scored over their own classes (6: disgust merged into angry; "
-        "5: without disgust and fear), so their accuracy and macro F1 are not comparable with the 7-class rows.",
+        "5: without disgust and fear), so their accuracy and macro F1 are not comparable with the 7-class rows. "
+        "Training times are each row's wall-clock time (its sidecar's `sittings` name the device); rows trained "
+        "side by side on one machine shared it, so the times compare rows of one table, not machines.",
     ]
     if results.get("limit"):
         lines += ["", f"Smoke run: only the first {results['limit']} faces of each file; not a result."]
@@ -140,8 +143,29 @@ def _ablations(results: dict) -> list[str]:
     return lines
 
 
-def render(name: str, ablations: dict | None = None) -> str:
-    """The card of model ``name`` (its sidecar in models/weights); emotion cards add ``ablations`` when given."""
+def _sittings(rec: dict) -> str:
+    """Where and how long the run trained: one phrase per sitting that ``models.train`` logged."""
+    sittings = rec.get("sittings") or []
+    if not sittings:
+        return (f"The last sitting took {rec['train_seconds_this_sitting'] / 60:.0f} min "
+                "(the device was not recorded).")
+    parts = [f"epochs {s['epochs'][0] + 1}-{s['epochs'][1]} in {s['seconds'] / 60:.1f} min on {s['device']} "
+             f"(Keras backend {s['backend']})" for s in sittings]
+    return "Trained in " + "; ".join(parts) + "."
+
+
+def _search(table: dict) -> list[str]:
+    """The "Hyperparameter search" section from ``models.search``'s results JSON."""
+    from models.search import markdown
+
+    lines = markdown(table).rstrip("\n").splitlines()
+    return ["## Hyperparameter search", "", f"`python -m models.search` over lr {table['grid']['lr']}, "
+            f"widths {table['grid']['widths']} and dropout {table['grid']['dropout']}:", *lines[1:]]
+
+
+def render(name: str, ablations: dict | None = None, search: dict | None = None) -> str:
+    """The card of model ``name`` (its sidecar in models/weights); emotion cards add ``ablations`` and
+    ``search`` tables when given."""
     rec = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
     task = rec["task"]
     epochs = len(rec.get("history", []))
@@ -159,11 +183,13 @@ def render(name: str, ablations: dict | None = None) -> str:
         "| setting | value |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in rec["recipe"].items()], "",
         f"Epochs trained: {epochs} of the {rec['recipe']['epochs']}-epoch schedule, the best on the validation "
-        f"data kept. The command resumes from the last finished epoch in its `--workdir`, so a run may take "
-        f"several sittings; the last one took {rec['train_seconds_this_sitting'] / 60:.0f} min on 2 CPU cores. "
-        "Reproduce with the same command (seeded; CPU thread scheduling makes runs differ slightly).", "",
+        "data kept. The command resumes from the last finished epoch in its `--workdir`, so a run may take "
+        "several sittings, on any Keras backend (TensorFlow on CPU, or `KERAS_BACKEND=jax` on a GPU). "
+        f"{_sittings(rec)} Reproduce with the same command (seeded; thread scheduling and the backend make "
+        "runs differ slightly).", "",
         *(_emotion_figures(rec) if task == "emotion" else _age_gender_figures(rec)), "",
         *([*_ablations(ablations), ""] if ablations and task == "emotion" else []),
+        *([*_search(search), ""] if search and task == "emotion" else []),
         "## Training history", "",
         *_history_table(rec.get("history", []),
                         ["accuracy", "val_accuracy", "loss", "val_loss"] if task == "emotion" else
@@ -184,13 +210,16 @@ def render(name: str, ablations: dict | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.card", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("names", nargs="*", default=["emotion_v1", "age_gender_v1"], help="models in models/weights")
+    p.add_argument("names", nargs="*", default=[DEFAULT_MODELS["emotion"], DEFAULT_MODELS["age-gender"]],
+                   help="models in models/weights")
     p.add_argument("--ablations", default=None, help="models.ablate results JSON, rendered into emotion cards")
+    p.add_argument("--search", default=None, help="models.search results JSON, rendered into emotion cards")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     ablations = json.loads(Path(args.ablations).read_text()) if args.ablations else None
+    search = json.loads(Path(args.search).read_text()) if args.search else None
     CARDS_DIR.mkdir(exist_ok=True)
     for name in args.names:
-        (CARDS_DIR / f"{name}.md").write_text(render(name, ablations))
+        (CARDS_DIR / f"{name}.md").write_text(render(name, ablations, search))
         print(CARDS_DIR / f"{name}.md")
     return 0
 

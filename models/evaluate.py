@@ -23,7 +23,7 @@ import numpy as np
 
 from models import data as fdata
 from models.metrics import age_gender_report, classification_report, reliability_bins
-from models.registry import load_checked, resolve
+from models.registry import DEFAULT_MODELS, load_checked, resolve
 
 __all__ = ["evaluate_emotion", "evaluate_age_gender", "main"]
 
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         if args.task == "emotion":
-            spec = resolve(args.model or "emotion_v1", "emotion")
+            spec = resolve(args.model or DEFAULT_MODELS["emotion"], "emotion")
             if args.temperature is not None and args.temperature <= 0:
                 raise ValueError(f"--temperature must be positive, not {args.temperature}")
             classes = tuple(spec.classes or fdata.LABEL_SETS["7"][0])
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                                              args.temperature, args.perturb)
             plots = _plot_emotion(report, labels, probs, classes, Path(args.plot)) if args.plot else []
         else:
-            spec = resolve(args.model or "age_gender_v1", "age-gender")
+            spec = resolve(args.model or DEFAULT_MODELS["age-gender"], "age-gender")
             split = None if args.split == "all" else args.split == "validation"
             utk = fdata.load_utkface(args.data, size=spec.input_shape[0], validation=split)
             report, age, _ = evaluate_age_gender(load_checked(spec), utk, args.tta)

@@ -13,16 +13,20 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ModelSpec", "WEIGHTS_DIR", "SHIPPED", "resolve", "verify", "load_checked", "sha256_of",
+__all__ = ["ModelSpec", "WEIGHTS_DIR", "SHIPPED", "DEFAULT_MODELS", "resolve", "verify", "load_checked", "sha256_of",
            "ModelIntegrityError"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 # sha256 of the shipped weights; each model card states the same value.
 SHIPPED: dict[str, str] = {
-    "emotion_v1": "07491eec8982e1f1071852d3ef435d258331943a6eaa420208c817b659e3e902",
+    "emotion_v2": "6bb4d4965d9ae99bb0c88905b3f3a426f411d8d66425ae4fc4583f348e9f4196",
     "age_gender_v1": "8864373957367e1492e335cb099e409a8ba4bc5e40a996bdb1815e1e98050e4d",
 }
+
+
+# The models the pipeline, the live view, evaluation and the benchmarks use unless told otherwise.
+DEFAULT_MODELS: dict[str, str] = {"emotion": "emotion_v2", "age-gender": "age_gender_v1"}
 
 
 class ModelIntegrityError(RuntimeError):

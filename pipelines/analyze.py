@@ -22,7 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, TestOptions
 
 from models.handler import FaceModelHandler
-from models.registry import resolve
+from models.registry import DEFAULT_MODELS, resolve
 from transforms import progress
 from transforms.annotate import Annotate
 from transforms.common import WithholdFailedSources
@@ -81,8 +81,8 @@ class AnalyzeOptions(PipelineOptions):
         g.add_argument("--max_frames_per_video", type=int, default=0, help="cap on sampled frames per video (0: none)")
         g.add_argument("--video_chunk_seconds", type=float, default=60.0,
                        help="videos are split into ranges of this length, decoded in parallel")
-        g.add_argument("--emotion_model", default="emotion_v1", help="shipped model name or .keras path")
-        g.add_argument("--age_gender_model", default="age_gender_v1", help="shipped model name or .keras path")
+        g.add_argument("--emotion_model", default=DEFAULT_MODELS["emotion"], help="shipped model name or .keras path")
+        g.add_argument("--age_gender_model", default=DEFAULT_MODELS["age-gender"], help="shipped model name or .keras path")
         g.add_argument("--min_batch_size", type=int, default=1, help="smallest RunInference batch")
         g.add_argument("--max_batch_size", type=int, default=64, help="largest RunInference batch")
         g.add_argument("--flip_tta", action="store_true", default=False,

@@ -31,7 +31,7 @@ import numpy as np
 
 from models.handler import FaceAttributes, FaceModelHandler
 from models.labels import EMOTIONS
-from models.registry import resolve
+from models.registry import DEFAULT_MODELS, resolve
 from transforms import drawing
 from transforms.faces import DETECTORS, DetectOptions, faces_in_frame, make_detector
 from transforms.inference import model_inputs
@@ -471,7 +471,8 @@ def run_live(source: int | str, options: LiveOptions = LiveOptions(), handler=No
     cap = _open_capture(source)
     try:
         if handler is None:
-            handler = FaceModelHandler(resolve("emotion_v1", "emotion"), resolve("age_gender_v1", "age-gender"))
+            handler = FaceModelHandler(resolve(DEFAULT_MODELS["emotion"], "emotion"),
+                                       resolve(DEFAULT_MODELS["age-gender"], "age-gender"))
         if models is None:
             models = handler.load_model()
         if detector is None:
@@ -567,8 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="box overlap (IoU) needed to link a face to the same face in the previous frame")
     p.add_argument("--max_missed", type=int, default=d.max_missed,
                    help="analysed frames a face may go undetected and keep its track and labels")
-    p.add_argument("--emotion_model", default="emotion_v1", help="shipped model name or .keras path")
-    p.add_argument("--age_gender_model", default="age_gender_v1", help="shipped model name or .keras path")
+    p.add_argument("--emotion_model", default=DEFAULT_MODELS["emotion"], help="shipped model name or .keras path")
+    p.add_argument("--age_gender_model", default=DEFAULT_MODELS["age-gender"], help="shipped model name or .keras path")
     p.add_argument("--run_id", default=None, help="identifier written into every logged row (default: time + random)")
     return p
 

@@ -51,9 +51,9 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def shipped_specs():
-    from models.registry import resolve
+    from models.registry import DEFAULT_MODELS, resolve
 
-    return resolve("emotion_v1", "emotion"), resolve("age_gender_v1", "age-gender")
+    return resolve(DEFAULT_MODELS["emotion"], "emotion"), resolve(DEFAULT_MODELS["age-gender"], "age-gender")
 
 
 @pytest.fixture(scope="session")

@@ -66,7 +66,7 @@ def test_setup_file_builds_the_package_dataflow_stages(tmp_path):
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     for needed in ("setup.py", "README.md", "pipelines/analyze.py", "transforms/sources.py", "models/handler.py",
-                   "models/weights/emotion_v1.keras", "models/weights/emotion_v1.json",
-                   "models/weights/age_gender_v1.keras", "models/cards/emotion_v1.md"):
+                   "models/weights/emotion_v2.keras", "models/weights/emotion_v2.json",
+                   "models/weights/age_gender_v1.keras", "models/cards/emotion_v2.md"):
         assert needed in names, needed
     assert not any(n.startswith(("tests/", "runs/", "examples/")) for n in names)
