@@ -59,7 +59,7 @@ def _emotion_figures(rec: dict) -> list[str]:
     ]
     cal, fgsm = rec.get("calibration"), rec.get("public_test_fgsm")
     if cal and "ece_after_cross_fitted" in cal:
-        # Not applied by the pipeline: recorded so the gain can be judged before it is.
+        # The pipeline applies this temperature (FaceModelHandler, unless --no_calibration).
         lines.append(f"| ECE with temperature {cal['temperature']:.2f} (cross-fitted halves) | "
                      f"{cal['ece_after_cross_fitted']:.3f} | |")
     if fgsm:

@@ -31,6 +31,8 @@ class FaceModels:
 
     emotion: Any  # keras.Model
     age_gender: Any  # keras.Model
+    # Softmax temperature applied to the emotion probabilities (1: as the network gives them).
+    emotion_temperature: float = 1.0
     # The traced forward passes, one per flip_tta value, built on first use in the process that predicts.
     _graphs: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -52,12 +54,21 @@ class FaceModels:
         spec = [tf.TensorSpec((None, *self.emotion.input_shape[1:]), tf.float32),
                 tf.TensorSpec((None, *self.age_gender.input_shape[1:]), tf.float32)]
 
+        temperature = float(self.emotion_temperature)
+
+        def emotion_probs(x):
+            probs = self.emotion(x, training=False)
+            if temperature == 1.0:
+                return probs
+            # softmax(logits / T) from the softmax output: log p is the logits up to a constant.
+            return tf.nn.softmax(tf.math.log(tf.maximum(probs, 1e-12)) / temperature, axis=-1)
+
         def forward(x_emotion, x_age):
-            emotion = self.emotion(x_emotion, training=False)
+            emotion = emotion_probs(x_emotion)
             out = self.age_gender(x_age, training=False)
             age, p_female = out["age"][:, 0], out["gender"][:, 0]
             if flip_tta:
-                emotion = (emotion + self.emotion(tf.reverse(x_emotion, [2]), training=False)) / 2
+                emotion = (emotion + emotion_probs(tf.reverse(x_emotion, [2]))) / 2
                 flipped = self.age_gender(tf.reverse(x_age, [2]), training=False)
                 age = (age + flipped["age"][:, 0]) / 2
                 p_female = (p_female + flipped["gender"][:, 0]) / 2
@@ -99,11 +110,13 @@ class FaceModelHandler(ModelHandler[tuple, PredictionResult, FaceModels]):
       large_model: share one copy of the models between the processes of a worker.
       model_copies: how many copies to load when shared (e.g. one per GPU).
       tf_threads: TensorFlow intra/inter-op threads per process (0: TF's default).
+      calibrate: apply the emotion model's fitted softmax temperature (its sidecar's, see
+        ``models.calibration``), so the emotion probabilities are calibrated; the top class is kept.
     """
 
     def __init__(self, emotion: ModelSpec, age_gender: ModelSpec, min_batch_size: int = 1,
                  max_batch_size: int = 64, flip_tta: bool = False, large_model: bool = False,
-                 model_copies: int | None = None, tf_threads: int = 0):
+                 model_copies: int | None = None, tf_threads: int = 0, calibrate: bool = True):
         super().__init__()
         if emotion.task != "emotion" or age_gender.task != "age-gender":
             raise ValueError("FaceModelHandler needs an emotion and an age-gender model spec")
@@ -114,6 +127,7 @@ class FaceModelHandler(ModelHandler[tuple, PredictionResult, FaceModels]):
         self._large_model = large_model
         self._model_copies = model_copies
         self._tf_threads = tf_threads
+        self._calibrate = calibrate
 
     @property
     def specs(self) -> tuple[ModelSpec, ModelSpec]:
@@ -125,7 +139,7 @@ class FaceModelHandler(ModelHandler[tuple, PredictionResult, FaceModels]):
         for spec in self.specs:
             LOG.info("loading %s from %s", spec.tag, spec.path)
             models.append(load_checked(spec))
-        return FaceModels(*models)
+        return FaceModels(*models, emotion_temperature=self._emotion.temperature if self._calibrate else 1.0)
 
     def run_inference(self, batch: Sequence[tuple], model: FaceModels,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:

@@ -38,7 +38,8 @@ class ModelSpec:
     """A model file and its contract.
 
     ``input_shape``: (side, side, channels) of the pixels it takes (float32 in [0, 255]);
-    ``template``: (eye_distance, eye_y) fractions of the side where its training faces had the eyes.
+    ``template``: (eye_distance, eye_y) fractions of the side where its training faces had the eyes;
+    ``temperature``: the softmax temperature fitted for an emotion model's probabilities (1: none).
     """
 
     name: str
@@ -48,6 +49,7 @@ class ModelSpec:
     input_shape: tuple[int, int, int]
     template: tuple[float, float]
     classes: tuple[str, ...] = ()
+    temperature: float = 1.0
 
     @property
     def tag(self) -> str:
@@ -82,6 +84,7 @@ def resolve(name_or_path: str, task: str) -> ModelSpec:
     return ModelSpec(
         name=path.stem, task=task, path=str(path), sha256=meta["sha256"],
         input_shape=tuple(meta["input"]), template=tuple(meta["template"]), classes=tuple(meta.get("classes", ())),
+        temperature=float(meta.get("temperature") or 1.0),
     )
 
 

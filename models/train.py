@@ -10,7 +10,7 @@ validation data is kept and written to ``--out`` with a JSON record of the recip
 
 ``--adv_multiplier M --adv_step S`` adds adversarial regularization (``models.adversarial``). The
 emotion recipe ends by fitting a softmax temperature on its validation data (``models.calibration``)
-and records it, without applying it, with the ECE before and after.
+and records it in the sidecar with the ECE before and after; the pipeline applies it at inference.
 """
 
 from __future__ import annotations

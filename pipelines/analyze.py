@@ -87,6 +87,8 @@ class AnalyzeOptions(PipelineOptions):
         g.add_argument("--max_batch_size", type=int, default=64, help="largest RunInference batch")
         g.add_argument("--flip_tta", action="store_true", default=False,
                        help="average predictions with the mirrored face (twice the model cost)")
+        g.add_argument("--no_calibration", action="store_true", default=False,
+                       help="emotion probabilities as the network gives them, without its fitted temperature")
         g.add_argument("--large_model", action="store_true", default=False,
                        help="share one copy of the models between the processes of a worker")
         g.add_argument("--model_copies", type=int, default=None, help="model copies per worker with --large_model")
@@ -164,7 +166,7 @@ def run(argv: list[str] | None = None, test_pipeline=None):
     emotion = resolve(a.emotion_model, "emotion")
     age_gender = resolve(a.age_gender_model, "age-gender")
     handler = FaceModelHandler(emotion, age_gender, a.min_batch_size, a.max_batch_size, a.flip_tta,
-                               a.large_model, a.model_copies, a.tf_threads)
+                               a.large_model, a.model_copies, a.tf_threads, calibrate=not a.no_calibration)
     run_id = a.run_id or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     run_info = RunInfo(run_id, emotion.tag, age_gender.tag)
     read_options = ReadOptions(a.video_fps, a.max_frames_per_video, a.video_chunk_seconds, a.max_pixels, known)

@@ -39,6 +39,33 @@ def test_mtcnn_detector_matches_detect_faces():
     assert found_any
 
 
+def _calibrated(models, x):
+    """The emotion model's eager softmax with the models' temperature applied, in numpy."""
+    logits = np.log(np.maximum(np.asarray(models.emotion(x, training=False), np.float64), 1e-12))
+    z = logits / models.emotion_temperature
+    z -= z.max(axis=1, keepdims=True)
+    return np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+
+
+def test_emotion_probabilities_are_calibrated_with_the_shipped_temperature(loaded_models, shipped_specs):
+    from models.handler import FaceModels
+
+    _, models = loaded_models
+    emotion_spec = shipped_specs[0]
+    assert emotion_spec.temperature > 1.0 and models.emotion_temperature == emotion_spec.temperature
+    raw = FaceModels(models.emotion, models.age_gender)
+    assert raw.emotion_temperature == 1.0
+    rng = np.random.default_rng(2)
+    x_emotion = rng.integers(0, 255, (16, 48, 48, 1)).astype(np.float32)
+    x_age = rng.integers(0, 255, (16, 64, 64, 3)).astype(np.float32)
+    calibrated, raw_probs = models.predict(x_emotion, x_age)[0], raw.predict(x_emotion, x_age)[0]
+    np.testing.assert_allclose(raw_probs, np.asarray(models.emotion(x_emotion, training=False)), atol=1e-5)
+    np.testing.assert_allclose(calibrated.sum(axis=1), 1.0, atol=1e-5)
+    # T > 1 softens: the same top class, with less confidence.
+    np.testing.assert_array_equal(calibrated.argmax(1), raw_probs.argmax(1))
+    assert np.all(calibrated.max(1) <= raw_probs.max(1) + 1e-6) and np.any(calibrated.max(1) < raw_probs.max(1) - 1e-3)
+
+
 @pytest.mark.parametrize("flip_tta", [False, True])
 def test_traced_models_match_eager_calls(loaded_models, flip_tta):
     _, models = loaded_models
@@ -47,11 +74,11 @@ def test_traced_models_match_eager_calls(loaded_models, flip_tta):
         x_emotion = rng.integers(0, 255, (n, 48, 48, 1)).astype(np.float32)
         x_age = rng.integers(0, 255, (n, 64, 64, 3)).astype(np.float32)
         emotion, age, p_female = models.predict(x_emotion, x_age, flip_tta)
-        want_emotion = np.asarray(models.emotion(x_emotion, training=False))
+        want_emotion = _calibrated(models, x_emotion)
         out = models.age_gender(x_age, training=False)
         want_age, want_female = np.asarray(out["age"])[:, 0], np.asarray(out["gender"])[:, 0]
         if flip_tta:
-            want_emotion = (want_emotion + np.asarray(models.emotion(x_emotion[:, :, ::-1], training=False))) / 2
+            want_emotion = (want_emotion + _calibrated(models, x_emotion[:, :, ::-1])) / 2
             flipped = models.age_gender(x_age[:, :, ::-1], training=False)
             want_age = (want_age + np.asarray(flipped["age"])[:, 0]) / 2
             want_female = (want_female + np.asarray(flipped["gender"])[:, 0]) / 2
