@@ -221,14 +221,14 @@ def run_sequential(corpus: Path) -> dict:
     import pyarrow.parquet as pq
 
     from models.handler import FaceModelHandler
-    from models.registry import DEFAULT_MODELS, resolve
+    from models.registry import default_specs
     from transforms.faces import DetectOptions, faces_in_frame, make_detector
     from transforms.inference import model_inputs
     from transforms.records import Frame
 
     clock = _Clock()
     t0, c0 = time.perf_counter(), time.process_time()
-    specs = resolve(DEFAULT_MODELS["emotion"], "emotion"), resolve(DEFAULT_MODELS["age-gender"], "age-gender")
+    specs = default_specs()
     detector = clock.timed("load", make_detector, "mtcnn")
     models = clock.timed("load", FaceModelHandler(*specs).load_model)
     options = DetectOptions()

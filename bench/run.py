@@ -257,10 +257,9 @@ def _run_modes(n: int, corpus: Path, modes: list[str], repeat: int, beam_args: l
 
 
 def _model_tags() -> dict[str, str]:
-    from models.registry import DEFAULT_MODELS, resolve
+    from models.registry import default_specs
 
-    shipped = ((DEFAULT_MODELS["emotion"], "emotion"), (DEFAULT_MODELS["age-gender"], "age-gender"))
-    return {task: resolve(name, task).tag for name, task in shipped}
+    return {spec.task: spec.tag for spec in default_specs()}
 
 
 def _results(runs: list[dict], sources, context: dict) -> dict:

@@ -60,7 +60,7 @@ class FaceModels:
             probs = self.emotion(x, training=False)
             if temperature == 1.0:
                 return probs
-            # softmax(logits / T) from the softmax output: log p is the logits up to a constant.
+            # models.calibration.apply_temperature, in the graph: log p is the logits up to a constant.
             return tf.nn.softmax(tf.math.log(tf.maximum(probs, 1e-12)) / temperature, axis=-1)
 
         def forward(x_emotion, x_age):

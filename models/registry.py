@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ModelSpec", "WEIGHTS_DIR", "SHIPPED", "DEFAULT_MODELS", "resolve", "verify", "load_checked", "sha256_of",
+__all__ = ["ModelSpec", "WEIGHTS_DIR", "SHIPPED", "DEFAULT_MODELS", "default_specs", "resolve", "verify", "load_checked", "sha256_of",
            "ModelIntegrityError"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -86,6 +86,11 @@ def resolve(name_or_path: str, task: str) -> ModelSpec:
         input_shape=tuple(meta["input"]), template=tuple(meta["template"]), classes=tuple(meta.get("classes", ())),
         temperature=float(meta.get("temperature") or 1.0),
     )
+
+
+def default_specs() -> tuple[ModelSpec, ModelSpec]:
+    """The specs of the default emotion and age + gender models (``DEFAULT_MODELS``)."""
+    return resolve(DEFAULT_MODELS["emotion"], "emotion"), resolve(DEFAULT_MODELS["age-gender"], "age-gender")
 
 
 def verify(spec: ModelSpec) -> None:

@@ -34,8 +34,7 @@ LOG = logging.getLogger("facebeam.train")
 __all__ = [
     "main", "parse_args", "run", "train_emotion", "train_age_gender", "emotion_predict", "age_gender_predict",
     "fit_resumable", "read_history", "read_sittings", "write_outputs", "emotion_record", "emotion_faces",
-    "cosine_schedule",
-    "train_seconds", "set_threads", "inverse_frequency_weights", "FGSM_EPS",
+    "cosine_schedule", "train_seconds", "set_threads", "inverse_frequency_weights", "FGSM_EPS",
 ]
 
 # FGSM step on the [0, 1] pixel scale: the default adversarial step, and the eps of the robustness

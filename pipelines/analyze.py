@@ -82,7 +82,8 @@ class AnalyzeOptions(PipelineOptions):
         g.add_argument("--video_chunk_seconds", type=float, default=60.0,
                        help="videos are split into ranges of this length, decoded in parallel")
         g.add_argument("--emotion_model", default=DEFAULT_MODELS["emotion"], help="shipped model name or .keras path")
-        g.add_argument("--age_gender_model", default=DEFAULT_MODELS["age-gender"], help="shipped model name or .keras path")
+        g.add_argument("--age_gender_model", default=DEFAULT_MODELS["age-gender"],
+                       help="shipped model name or .keras path")
         g.add_argument("--min_batch_size", type=int, default=1, help="smallest RunInference batch")
         g.add_argument("--max_batch_size", type=int, default=64, help="largest RunInference batch")
         g.add_argument("--flip_tta", action="store_true", default=False,

@@ -31,7 +31,7 @@ import numpy as np
 
 from models.handler import FaceAttributes, FaceModelHandler
 from models.labels import EMOTIONS
-from models.registry import DEFAULT_MODELS, resolve
+from models.registry import DEFAULT_MODELS, default_specs, resolve
 from transforms import drawing
 from transforms.faces import DETECTORS, DetectOptions, faces_in_frame, make_detector
 from transforms.inference import model_inputs
@@ -471,8 +471,7 @@ def run_live(source: int | str, options: LiveOptions = LiveOptions(), handler=No
     cap = _open_capture(source)
     try:
         if handler is None:
-            handler = FaceModelHandler(resolve(DEFAULT_MODELS["emotion"], "emotion"),
-                                       resolve(DEFAULT_MODELS["age-gender"], "age-gender"))
+            handler = FaceModelHandler(*default_specs())
         if models is None:
             models = handler.load_model()
         if detector is None:

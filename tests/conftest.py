@@ -51,9 +51,9 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def shipped_specs():
-    from models.registry import DEFAULT_MODELS, resolve
+    from models.registry import default_specs
 
-    return resolve(DEFAULT_MODELS["emotion"], "emotion"), resolve(DEFAULT_MODELS["age-gender"], "age-gender")
+    return default_specs()
 
 
 @pytest.fixture(scope="session")
