@@ -17,6 +17,7 @@ setup(
         "apache-beam==2.77.0",
         "tensorflow-cpu==2.21.0",
         "keras==3.15.1",
+        "ai-edge-litert==2.3.0",
         "mtcnn==1.0.0",
         "opencv-python-headless==4.14.0.94",
         "pyarrow==25.0.1",

@@ -27,6 +27,7 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from unittest import mock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -175,7 +176,15 @@ def run_pipeline(corpus: Path, extra_args: list[str]) -> dict:
         "model calls": [(FaceModels, "predict")],
         "model load": [(FaceModelHandler, "load_model")],
     })
-    with tempfile.TemporaryDirectory(prefix="facebeam-bench-out-") as out, spy:
+    runtimes = []  # what ran the models (models.handler.RUNTIMES), as each load resolved it
+
+    def load_model(self, _load=FaceModelHandler.load_model):
+        models = _load(self)
+        runtimes.append(models.runtime)
+        return models
+
+    with tempfile.TemporaryDirectory(prefix="facebeam-bench-out-") as out, \
+            mock.patch.object(FaceModelHandler, "load_model", load_model), spy:
         argv = ["--input", str(corpus), "--output", out, "--overwrite", *extra_args]
         t0, c0 = time.perf_counter(), time.process_time()
         result, output = analyze.run(argv)
@@ -211,6 +220,7 @@ def run_pipeline(corpus: Path, extra_args: list[str]) -> dict:
         "inside": inside,
         "top_transforms": {name: round(secs, 3) for name, secs in top},
         "beam_args": extra_args,
+        "model_runtime": ",".join(sorted(set(runtimes))),
     }
 
 
@@ -230,7 +240,7 @@ def run_sequential(corpus: Path) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     specs = default_specs()
     detector = clock.timed("load", make_detector, "mtcnn")
-    models = clock.timed("load", FaceModelHandler(*specs).load_model)
+    models = clock.timed("load", FaceModelHandler(*specs, runtime="tensorflow").load_model)  # eager Keras calls below
     options = DetectOptions()
     rows, files, frames = [], 0, 0
     for path in _media(corpus):

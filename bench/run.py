@@ -46,6 +46,8 @@ def _parse(argv):
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs per mode and N, in rotating order; the fastest counts (default 1)")
+    parser.add_argument("--repeat_modes", default=None,
+                        help="comma-separated modes that --repeat applies to; the others run once (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the corpus variations")
     parser.add_argument("--media", action="append", default=None,
                         help="folder holding photos/ and clips/ to build the corpus from; repeatable "
@@ -127,6 +129,26 @@ def _fmt(v, digits=2):
     return str(v)
 
 
+def _repeats(results: dict) -> str:
+    repeated = results.get("repeat_modes")
+    if results["repeat"] <= 1 or not repeated or set(repeated) >= set(results.get("modes", MODES)):
+        return f"{results['repeat']} run(s) per mode"
+    return f"{results['repeat']} runs of {', '.join(repeated)}, one of each other mode"
+
+
+def _runtimes(runs: list[dict]) -> str:
+    found = sorted({r["pipeline"].get("model_runtime") for r in runs if "pipeline" in r} - {None, ""})
+    return "/".join(found) or "–"
+
+
+def _conversion(results: dict) -> str:
+    c = results.get("model_conversion")
+    if not c or c["runtime"] != "litert":
+        return ""
+    return (f" (converted for LiteRT once before timing, {c['seconds']:.1f} s with loading, and cached "
+            "as on any machine after its first run)")
+
+
 def to_markdown(results: dict) -> str:
     """The results as Markdown tables, one column per N."""
     runs = results["runs"]
@@ -151,8 +173,8 @@ def to_markdown(results: dict) -> str:
     lines = ["# facebeam benchmark\n\n",
              f"Machine: {machine['cpus']} CPUs, load average (1, 5, 15 min) {results['load_before']} before and "
              f"{results['load_after']} after; Python {machine['python']}, TensorFlow {machine['tensorflow']}; "
-             f"{results['when']}; {results['repeat']} run(s) per mode, the fastest shown. Models: "
-             f"{', '.join(results['models'].values())}.\n\n",
+             f"{results['when']}; {_repeats(results)}, the fastest shown. Models: "
+             f"{', '.join(results['models'].values())}, run by {_runtimes(runs)}{_conversion(results)}.\n\n",
              f"Corpus: {results['corpus']}.\n\n",
              f"Baseline: {results['baseline']}.\n\n",
              "## Throughput\n\n", head,
@@ -213,13 +235,19 @@ def main(argv=None) -> int:
     unknown = set(modes) - set(MODES)
     if unknown:
         raise SystemExit(f"unknown modes {sorted(unknown)}; choose from {MODES}")
+    repeat_modes = set(m.strip() for m in args.repeat_modes.split(",")) if args.repeat_modes else set(modes)
+    if repeat_modes - set(MODES):
+        raise SystemExit(f"unknown modes {sorted(repeat_modes - set(MODES))}; choose from {MODES}")
     corpus_root = Path(args.corpus_dir) if args.corpus_dir else Path(tempfile.mkdtemp(prefix="facebeam-bench-corpus-"))
     sources = find_sources(args.media) if args.media else find_sources()
     context = {
         "load_before": [round(x, 2) for x in os.getloadavg()],
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "repeat": args.repeat,
+        "modes": modes,
+        "repeat_modes": sorted(repeat_modes),
         "models": _model_tags(),
+        "model_conversion": _convert_models(),
     }
     runs: list[dict] = []
     try:
@@ -227,7 +255,7 @@ def main(argv=None) -> int:
         paths = build_corpus(max(sizes), corpus_root / "pool", args.seed, sources)
         for n in sizes:
             corpus = link_corpus(paths[:n], corpus_root / f"n{n}")
-            runs.append(_summarise(n, _run_modes(n, corpus, modes, args.repeat, args.beam_arg)))
+            runs.append(_summarise(n, _run_modes(n, corpus, modes, args.repeat, args.beam_arg, repeat_modes)))
             # written after every N, so that a later failure keeps the sizes already measured
             _write(Path(args.out), _results(runs, sources, context))
     finally:
@@ -237,14 +265,18 @@ def main(argv=None) -> int:
     return 0
 
 
-def _run_modes(n: int, corpus: Path, modes: list[str], repeat: int, beam_args: list[str]) -> dict:
-    """Each mode ``repeat`` times in rotating order; the fastest run of each mode, with all its times."""
+def _run_modes(n: int, corpus: Path, modes: list[str], repeat: int, beam_args: list[str],
+               repeat_modes: set[str] | None = None) -> dict:
+    """Each mode ``repeat`` times in rotating order (those in ``repeat_modes``, the others once); the
+    fastest run of each mode, with all its times."""
     if "detection_threads" in modes and pipeline_workers(beam_args) == 1:
         modes = [m for m in modes if m != "detection_threads"]  # one thread: the one-loop run itself
     samples: dict[str, list[dict]] = {mode: [] for mode in modes}
     for r in range(max(repeat, 1)):
         k = r % len(modes)
         for mode in modes[k:] + modes[:k]:
+            if r and repeat_modes is not None and mode not in repeat_modes:
+                continue
             t0 = time.perf_counter()
             samples[mode].append(_rates(_measure(mode, corpus, beam_args)))
             print(f"N={n} {mode}: {samples[mode][-1]['seconds']:.1f} s "
@@ -254,6 +286,18 @@ def _run_modes(n: int, corpus: Path, modes: list[str], repeat: int, beam_args: l
         results[mode] = min(runs_of_mode, key=lambda x: x["seconds"])
         results[mode]["all_seconds"] = [x["seconds"] for x in runs_of_mode]
     return results
+
+
+def _convert_models() -> dict:
+    """Converts the models for LiteRT before any timing, as the first use on a machine does (cached,
+    see ``models.litert``): the figures are those of every later run. Returns what it took."""
+    from models.handler import FaceModelHandler
+    from models.litert import cache_dir
+    from models.registry import default_specs
+
+    t0 = time.perf_counter()
+    models = FaceModelHandler(*default_specs()).load_model()
+    return {"runtime": models.runtime, "seconds": round(time.perf_counter() - t0, 2), "cache": str(cache_dir())}
 
 
 def _model_tags() -> dict[str, str]:

@@ -16,9 +16,13 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from models.registry import ModelSpec, load_checked
 
-__all__ = ["FaceModels", "FaceAttributes", "FaceModelHandler"]
+__all__ = ["FaceModels", "FaceAttributes", "FaceModelHandler", "RUNTIMES"]
 
 LOG = logging.getLogger(__name__)
+
+# What runs the models: LiteRT's CPU kernels (``models.litert``), TensorFlow, or "auto": TensorFlow
+# where it sees a GPU, else LiteRT.
+RUNTIMES = ("auto", "litert", "tensorflow")
 
 
 @dataclass(frozen=True)
@@ -27,20 +31,50 @@ class FaceModels:
 
     ``predict`` is the only call the handler makes, so the models can also live in another process
     behind Beam's multi-process proxy (``large_model``): it takes and returns numpy arrays only.
+    With ``lite`` (the two models converted, see ``models.litert``) LiteRT runs them, else TensorFlow;
+    the Keras models stay loaded either way.
     """
 
     emotion: Any  # keras.Model
     age_gender: Any  # keras.Model
     # Softmax temperature applied to the emotion probabilities (1: as the network gives them).
     emotion_temperature: float = 1.0
+    # (emotion, age_gender) as models.litert.LiteModel, or None to run them with TensorFlow.
+    lite: tuple | None = None
     # The traced forward passes, one per flip_tta value, built on first use in the process that predicts.
     _graphs: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
+    @property
+    def runtime(self) -> str:
+        return "tensorflow" if self.lite is None else "litert"
+
     def predict(self, x_emotion: np.ndarray, x_age: np.ndarray, flip_tta: bool = False):
         """(emotion (N, 7), age (N,), P(female) (N,)) for float32 (N, S, S, 1) and (N, S, S, 3) pixels."""
+        x_emotion, x_age = np.asarray(x_emotion, np.float32), np.asarray(x_age, np.float32)
+        if self.lite is not None:
+            return self._predict_lite(x_emotion, x_age, flip_tta)
         graph = self._graphs.get(flip_tta) or self._graphs.setdefault(flip_tta, self._trace(flip_tta))
-        emotion, age, p_female = graph(np.asarray(x_emotion, np.float32), np.asarray(x_age, np.float32))
+        emotion, age, p_female = graph(x_emotion, x_age)
         return emotion.numpy(), age.numpy(), p_female.numpy()
+
+    def _predict_lite(self, x_emotion, x_age, flip_tta):
+        """``predict`` with the LiteRT models: the traced graph's arithmetic, in numpy."""
+        from models.calibration import apply_temperature
+
+        emotion_model, age_model = self.lite
+
+        def one_view(xe, xa):
+            probs = emotion_model(xe)
+            if self.emotion_temperature != 1.0:
+                probs = apply_temperature(probs, self.emotion_temperature).astype(np.float32)
+            out = age_model(xa)
+            return probs, out["age"][:, 0], out["gender"][:, 0]
+
+        emotion, age, p_female = one_view(x_emotion, x_age)
+        if flip_tta:
+            f_emotion, f_age, f_female = one_view(x_emotion[:, :, ::-1], x_age[:, :, ::-1])
+            emotion, age, p_female = (emotion + f_emotion) / 2, (age + f_age) / 2, (p_female + f_female) / 2
+        return emotion, age, p_female
 
     def _trace(self, flip_tta: bool):
         """Both models as one TensorFlow graph for any batch size.
@@ -109,17 +143,24 @@ class FaceModelHandler(ModelHandler[tuple, PredictionResult, FaceModels]):
       flip_tta: average each prediction with that of the mirrored face.
       large_model: share one copy of the models between the processes of a worker.
       model_copies: how many copies to load when shared (e.g. one per GPU).
-      tf_threads: TensorFlow intra/inter-op threads per process (0: TF's default).
+      tf_threads: TensorFlow intra/inter-op threads per process (0: TF's default), and LiteRT's
+        threads per call (0: one per CPU).
+      runtime: what runs the models, one of ``RUNTIMES``: "litert" (converted once, cached; on CPUs
+        about a third faster than TensorFlow, same outputs), "tensorflow", or "auto" (TensorFlow
+        where it sees a GPU, else LiteRT; TensorFlow also where the conversion fails).
       calibrate: apply the emotion model's fitted softmax temperature (its sidecar's, see
         ``models.calibration``), so the emotion probabilities are calibrated; the top class is kept.
     """
 
     def __init__(self, emotion: ModelSpec, age_gender: ModelSpec, min_batch_size: int = 1,
                  max_batch_size: int = 64, flip_tta: bool = False, large_model: bool = False,
-                 model_copies: int | None = None, tf_threads: int = 0, calibrate: bool = True):
+                 model_copies: int | None = None, tf_threads: int = 0, calibrate: bool = True,
+                 runtime: str = "auto"):
         super().__init__()
         if emotion.task != "emotion" or age_gender.task != "age-gender":
             raise ValueError("FaceModelHandler needs an emotion and an age-gender model spec")
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
         self._emotion = emotion
         self._age_gender = age_gender
         self._batching = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
@@ -128,6 +169,7 @@ class FaceModelHandler(ModelHandler[tuple, PredictionResult, FaceModels]):
         self._model_copies = model_copies
         self._tf_threads = tf_threads
         self._calibrate = calibrate
+        self._runtime = runtime
 
     @property
     def specs(self) -> tuple[ModelSpec, ModelSpec]:
@@ -139,7 +181,28 @@ class FaceModelHandler(ModelHandler[tuple, PredictionResult, FaceModels]):
         for spec in self.specs:
             LOG.info("loading %s from %s", spec.tag, spec.path)
             models.append(load_checked(spec))
-        return FaceModels(*models, emotion_temperature=self._emotion.temperature if self._calibrate else 1.0)
+        return FaceModels(*models, emotion_temperature=self._emotion.temperature if self._calibrate else 1.0,
+                          lite=self._lite(models))
+
+    def _lite(self, models) -> tuple | None:
+        """The models for LiteRT, where the runtime asks for it; None: TensorFlow runs them."""
+        if self._runtime == "tensorflow":
+            return None
+        if self._runtime == "auto":
+            import tensorflow as tf
+
+            if tf.config.list_physical_devices("GPU"):
+                return None
+        from models import litert
+
+        try:
+            return tuple(litert.LiteModel(litert.flatbuffer(m, spec.name, spec.sha256), self._tf_threads)
+                         for m, spec in zip(models, self.specs))
+        except Exception as e:  # noqa: BLE001 - "auto" falls back to the models as loaded
+            if self._runtime == "litert":
+                raise
+            LOG.warning("LiteRT unavailable (%s: %s); TensorFlow runs the models", type(e).__name__, e)
+            return None
 
     def run_inference(self, batch: Sequence[tuple], model: FaceModels,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:

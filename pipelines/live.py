@@ -29,7 +29,7 @@ from typing import Iterator, NamedTuple
 import cv2
 import numpy as np
 
-from models.handler import FaceAttributes, FaceModelHandler
+from models.handler import RUNTIMES, FaceAttributes, FaceModelHandler
 from models.labels import EMOTIONS
 from models.registry import DEFAULT_MODELS, default_specs, resolve
 from transforms import drawing
@@ -569,6 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="analysed frames a face may go undetected and keep its track and labels")
     p.add_argument("--emotion_model", default=DEFAULT_MODELS["emotion"], help="shipped model name or .keras path")
     p.add_argument("--age_gender_model", default=DEFAULT_MODELS["age-gender"], help="shipped model name or .keras path")
+    p.add_argument("--model_runtime", default="auto", choices=RUNTIMES,
+                   help="what runs the models: litert, tensorflow, or auto (TensorFlow where it sees a GPU)")
     p.add_argument("--run_id", default=None, help="identifier written into every logged row (default: time + random)")
     return p
 
@@ -601,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         options = options_from_args(args)
         _check(options, is_live_source(source))
         handler = FaceModelHandler(resolve(args.emotion_model, "emotion"),
-                                   resolve(args.age_gender_model, "age-gender"))
+                                   resolve(args.age_gender_model, "age-gender"), runtime=args.model_runtime)
         stats = run_live(source, options, handler=handler, run_id=args.run_id)
     except (ValueError, FileNotFoundError) as e:
         print(f"facebeam live: error: {e}", file=sys.stderr)

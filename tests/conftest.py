@@ -56,9 +56,22 @@ def shipped_specs():
     return default_specs()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def litert_cache(tmp_path_factory) -> Path:
+    """The session's own cache of converted models (``models.litert``), for it and the processes it starts."""
+    path = tmp_path_factory.mktemp("facebeam-cache")
+    saved = os.environ.get("FACEBEAM_CACHE")
+    os.environ["FACEBEAM_CACHE"] = str(path)
+    yield path
+    if saved is None:
+        os.environ.pop("FACEBEAM_CACHE", None)
+    else:
+        os.environ["FACEBEAM_CACHE"] = saved
+
+
 @pytest.fixture(scope="session")
 def loaded_models(shipped_specs):
-    """The shipped models, loaded once for the whole test session."""
+    """The shipped models, loaded once for the whole test session (LiteRT runs them on a CPU)."""
     from models.handler import FaceModelHandler
 
     handler = FaceModelHandler(*shipped_specs)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench import measure
+from bench import run as bench_run
 from bench.run import _summarise, to_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +48,35 @@ def test_ratios_use_the_faster_detection_run_as_the_limit():
                          "models": {"emotion": "e"}, "corpus": "c", "baseline": "b"})
     assert "| **ratio to detection limit** (seconds; target ≤ 1.15) | 1.15 |" in table
     assert "decode + detect only, threads: seconds (CPU seconds) | 20.0 (36.0) |" in table
+
+
+def test_repeats_rotate_over_the_repeated_modes_and_keep_the_fastest(monkeypatch, tmp_path):
+    calls = []
+    times = iter([30.0, 90.0, 20.0, 28.0, 19.0, 25.0, 21.0])
+
+    def fake_measure(mode, corpus, beam_args):
+        calls.append(mode)
+        r = _run(mode, next(times), 1.0, faces=5)
+        if mode == "pipeline":
+            r["model_runtime"] = "litert"
+        return r
+
+    monkeypatch.setattr(bench_run, "_measure", fake_measure)
+    modes = ["pipeline", "sequential", "detection"]
+    got = bench_run._run_modes(100, tmp_path, modes, 3, [], {"pipeline", "detection"})
+    # run 1: all three; runs 2 and 3 rotate, skipping the mode that runs once
+    assert calls == ["pipeline", "sequential", "detection", "detection", "pipeline", "detection", "pipeline"]
+    assert got["pipeline"]["all_seconds"] == [30.0, 19.0, 21.0] and got["pipeline"]["seconds"] == 19.0
+    assert got["sequential"]["all_seconds"] == [90.0]
+    assert got["detection"]["seconds"] == 20.0
+    table = to_markdown({"runs": [_summarise(100, got)], "machine": {"cpus": 2, "python": "3.11", "tensorflow": "2"},
+                         "load_before": [0, 0, 0], "load_after": [0, 0, 0], "when": "now", "repeat": 3,
+                         "modes": modes, "repeat_modes": ["detection", "pipeline"], "models": {"emotion": "e"},
+                         "model_conversion": {"runtime": "litert", "seconds": 4.0, "cache": "c"},
+                         "corpus": "c", "baseline": "b"})
+    assert "3 runs of detection, pipeline, one of each other mode, the fastest shown" in table
+    assert "run by litert (converted for LiteRT once before timing" in table
+    assert "| facebeam pipeline: seconds (CPU seconds) | 19.0 (1.0) of 30.0, 19.0, 21.0 |" in table
 
 
 def test_worker_count_follows_the_pipeline_flags(monkeypatch):

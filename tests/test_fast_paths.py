@@ -65,11 +65,24 @@ def test_emotion_probabilities_are_calibrated_with_the_shipped_temperature(loade
     assert np.all(calibrated.max(1) <= raw_probs.max(1) + 1e-6) and np.any(calibrated.max(1) < raw_probs.max(1) - 1e-3)
 
 
-@pytest.mark.parametrize("flip_tta", [False, True])
-def test_traced_models_match_eager_calls(loaded_models, flip_tta):
+def _runtime_models(loaded_models, runtime):
+    """The session's models run by ``runtime``: the loaded ones (LiteRT), or the same Keras models traced."""
+    from models.handler import FaceModels
+
     _, models = loaded_models
+    if runtime == "tensorflow":
+        return FaceModels(models.emotion, models.age_gender, models.emotion_temperature)
+    assert models.runtime == "litert"  # "auto" on a machine without a GPU
+    return models
+
+
+@pytest.mark.parametrize("runtime", ["tensorflow", "litert"])
+@pytest.mark.parametrize("flip_tta", [False, True])
+def test_fast_models_match_eager_calls(loaded_models, runtime, flip_tta):
+    models = _runtime_models(loaded_models, runtime)
     rng = np.random.default_rng(1)
-    for n in (1, 5):
+    # 21 faces run in LiteRT as chunks of 16, 4 and 1
+    for n in (1, 5, 21):
         x_emotion = rng.integers(0, 255, (n, 48, 48, 1)).astype(np.float32)
         x_age = rng.integers(0, 255, (n, 64, 64, 3)).astype(np.float32)
         emotion, age, p_female = models.predict(x_emotion, x_age, flip_tta)
@@ -81,7 +94,78 @@ def test_traced_models_match_eager_calls(loaded_models, flip_tta):
             flipped = models.age_gender(x_age[:, :, ::-1], training=False)
             want_age = (want_age + np.asarray(flipped["age"])[:, 0]) / 2
             want_female = (want_female + np.asarray(flipped["gender"])[:, 0]) / 2
-        assert isinstance(emotion, np.ndarray) and emotion.shape == (n, 7) and age.shape == p_female.shape == (n,)
+        assert emotion.dtype == age.dtype == p_female.dtype == np.float32
+        assert emotion.shape == (n, 7) and age.shape == p_female.shape == (n,)
         np.testing.assert_allclose(emotion, want_emotion, atol=1e-5)
-        np.testing.assert_allclose(age, want_age, atol=1e-5)
+        np.testing.assert_allclose(age, want_age, atol=1e-3)  # years
         np.testing.assert_allclose(p_female, want_female, atol=1e-5)
+    empty = models.predict(np.zeros((0, 48, 48, 1), np.float32), np.zeros((0, 64, 64, 3), np.float32), flip_tta)
+    assert [a.shape for a in empty] == [(0, 7), (0,), (0,)]
+
+
+def test_litert_models_give_each_thread_its_own_interpreters(loaded_models):
+    from concurrent.futures import ThreadPoolExecutor
+
+    models = _runtime_models(loaded_models, "litert")
+    rng = np.random.default_rng(3)
+    inputs = [(rng.integers(0, 255, (n, 48, 48, 1)).astype(np.float32),
+               rng.integers(0, 255, (n, 64, 64, 3)).astype(np.float32)) for n in (3, 17, 40, 9, 64, 1)]
+    alone = [models.predict(*x) for x in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda x: models.predict(*x), inputs * 3))
+    for got, want in zip(together, alone * 3):
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+
+
+def test_litert_conversion_is_cached_by_the_keras_files_hash(loaded_models, shipped_specs, tmp_path, monkeypatch):
+    from models import litert
+
+    _, models = loaded_models
+    spec = shipped_specs[1]
+    blob = litert.flatbuffer(models.age_gender, spec.name, spec.sha256, tmp_path)
+    cached = list(tmp_path.iterdir())
+    assert len(cached) == 1 and spec.sha256[:16] in cached[0].name and cached[0].read_bytes() == blob
+
+    def no_conversion(model):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(litert, "_convert", no_conversion)
+    assert litert.flatbuffer(models.age_gender, spec.name, spec.sha256, tmp_path) == blob
+    # another file (another hash) is converted, not served the old one
+    with pytest.raises(AssertionError, match="converted again"):
+        litert.flatbuffer(models.age_gender, spec.name, "0" * 64, tmp_path)
+
+
+def test_litert_cache_that_cannot_be_written_only_costs_the_conversion(loaded_models, shipped_specs, tmp_path,
+                                                                       caplog):
+    from models import litert
+
+    _, models = loaded_models
+    spec = shipped_specs[1]
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with caplog.at_level("WARNING", logger="models.litert"):
+        blob = litert.flatbuffer(models.age_gender, spec.name, spec.sha256, not_a_dir)
+    assert blob[4:8] == b"TFL3" and "could not cache" in caplog.text
+    got = litert.LiteModel(blob)(np.zeros((2, 64, 64, 3), np.float32))
+    assert set(got) == {"age", "gender"} and got["age"].shape == (2, 1)
+
+
+def test_runtime_choice(shipped_specs, monkeypatch, caplog):
+    from models import litert
+    from models.handler import FaceModelHandler
+
+    with pytest.raises(ValueError, match="runtime"):
+        FaceModelHandler(*shipped_specs, runtime="onnx")
+    assert FaceModelHandler(*shipped_specs, runtime="tensorflow").load_model().runtime == "tensorflow"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("converter missing")
+
+    monkeypatch.setattr(litert, "flatbuffer", broken)
+    with caplog.at_level("WARNING", logger="models.handler"):
+        assert FaceModelHandler(*shipped_specs, runtime="auto").load_model().runtime == "tensorflow"
+    assert "converter missing" in caplog.text
+    with pytest.raises(RuntimeError, match="converter missing"):
+        FaceModelHandler(*shipped_specs, runtime="litert").load_model()
