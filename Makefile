@@ -24,6 +24,7 @@ test: install
 
 bench: install
 	$(BIN)/python -m bench.run --n 100
+	$(BIN)/python -m bench.models
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache

@@ -1,11 +1,11 @@
 """The shipped Keras models run by LiteRT (XNNPACK) on CPUs: the same arithmetic, a third less time.
 
-On a CPU, TensorFlow spends about 1.7 ms per face on each model; LiteRT's XNNPACK kernels take
-1.1-1.3 ms for the same float32 network, with outputs equal to 1e-6 (measured in
-``tests/test_fast_paths.py``; ``bench/`` has the pipeline figures). The ``.keras`` file stays the
-model: it is verified by sha256, then converted once to a LiteRT flatbuffer, which is cached under
-``FACEBEAM_CACHE`` (default ``~/.cache/facebeam``) by the Keras file's sha256 and the converter's
-TensorFlow version, so later runs skip the few seconds the conversion takes.
+On a 2-core CPU, TensorFlow spends about 1.7 ms per face on each model; LiteRT's XNNPACK kernels
+take 1.1-1.3 ms for the same float32 network, and the outputs agree to float32 rounding (within 1e-5
+for the probabilities, ``tests/test_fast_paths.py``; ``bench/`` has the pipeline figures). The
+``.keras`` file stays the model: it is verified by sha256, then converted once to a LiteRT
+flatbuffer, cached under ``FACEBEAM_CACHE`` (default ``~/.cache/facebeam``) by the Keras file's
+sha256 and the converter's TensorFlow version, so later runs skip the few seconds it takes.
 
 An interpreter is neither thread-safe nor cheap to resize, so :class:`LiteModel` keeps one per thread
 and per chunk size (``CHUNKS``) and splits every batch into those chunks: XNNPACK's time per face is
@@ -124,9 +124,8 @@ class LiteModel:
         pieces: dict[str, list[np.ndarray]] = {name: [] for name in self.outputs}
         start = 0
         for size in CHUNKS:
-            runner = self._runner(size)[0]
             while len(x) - start >= size:
-                out = runner(**{self._input: x[start:start + size]})
+                out = self._runner(size)[0](**{self._input: x[start:start + size]})
                 for name in self.outputs:
                     pieces[name].append(out[name].copy())  # the runner may reuse its output buffers
                 start += size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -119,3 +120,18 @@ def test_memory_corpus_and_4k_video_are_generated_as_described(tmp_path):
         assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 3
     finally:
         cap.release()
+
+
+def test_model_cost_table_has_a_row_per_runtime_and_batch(tmp_path, shipped_specs):
+    from bench import models as model_bench
+
+    emotion, age_gender = (spec.name for spec in shipped_specs)
+    out = tmp_path / "models.json"
+    assert model_bench.main(["--batch", "1", "--batch", "5", "--repeat", "1", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert [(r["runtime"], r["batch"]) for r in results["rows"]] == [
+        ("tensorflow", 1), ("tensorflow", 5), ("litert", 1), ("litert", 5)]
+    for r in results["rows"]:
+        assert r["ms_per_face"] > 0 and r[f"{emotion}_ms_per_face"] > 0 and r[f"{age_gender}_ms_per_face"] > 0
+    table = out.with_suffix(".md").read_text()
+    assert "| litert | 5 |" in table and f"{emotion} alone, ms per face" in table

@@ -1,0 +1,102 @@
+"""What the models cost per face: each model alone and the handler's call, per runtime and batch size.
+
+    python -m bench.models [--batch 1 --batch 64] [--repeat 20] [--out bench/models.json]
+
+Times ``FaceModels.predict`` (both models, as the pipeline calls them) and each model alone, on random
+pixels, for every runtime of ``models.handler.RUNTIMES`` that this machine has, after one warm-up call
+per shape; the median of ``--repeat`` calls counts. Writes JSON and a Markdown table next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _median_ms(fn, repeat: int) -> float:
+    fn()  # warm-up: traces, interpreters, allocations
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times))
+
+
+def measure(batches: list[int], repeat: int, runtimes: list[str]) -> list[dict]:
+    from models.handler import FaceModelHandler
+    from models.registry import default_specs
+
+    specs = default_specs()
+    rng = np.random.default_rng(0)
+    rows = []
+    for runtime in runtimes:
+        models = FaceModelHandler(*specs, runtime=runtime).load_model()
+        if models.runtime != runtime:
+            continue  # e.g. LiteRT not installed
+        if runtime == "tensorflow":
+            import tensorflow as tf
+
+            alone = [tf.function(lambda x, m=m: m(x, training=False)) for m in (models.emotion, models.age_gender)]
+        else:
+            alone = list(models.lite)
+        for batch in batches:
+            x = [rng.uniform(0, 255, (batch, *spec.input_shape)).astype(np.float32) for spec in specs]
+            both = _median_ms(lambda: models.predict(*x), repeat)
+            row = {"runtime": runtime, "batch": batch, "ms_per_face": round(both / batch, 3)}
+            for spec, model, xi in zip(specs, alone, x):
+                row[f"{spec.name}_ms_per_face"] = round(_median_ms(lambda: model(xi), repeat) / batch, 3)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        del models
+    return rows
+
+
+def to_markdown(results: dict) -> str:
+    names = [k for k in results["rows"][0] if k.endswith("_ms_per_face")] if results["rows"] else []
+    lines = ["# facebeam model cost\n\n",
+             f"Machine: {results['machine']['cpus']} CPUs, Python {results['machine']['python']}, "
+             f"TensorFlow {results['machine']['tensorflow']}; {results['when']}; the median of "
+             f"{results['repeat']} calls on random pixels, after a warm-up call.\n\n",
+             "| runtime | batch | both models (the handler's call), ms per face | "
+             + " | ".join(n.replace("_ms_per_face", "") + " alone, ms per face" for n in names) + " |\n",
+             "|---|---:|---:|" + "---:|" * len(names) + "\n"]
+    for r in results["rows"]:
+        lines.append(f"| {r['runtime']} | {r['batch']} | {r['ms_per_face']:.2f} | "
+                     + " | ".join(f"{r[n]:.2f}" for n in names) + " |\n")
+    return "".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.models", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, action="append", help="batch size; repeatable (default 1, 16, 64)")
+    parser.add_argument("--repeat", type=int, default=20, help="timed calls per figure (the median counts)")
+    parser.add_argument("--runtime", action="append", choices=("litert", "tensorflow"),
+                        help="runtime to time; repeatable (default both)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "models.json"), help="results JSON (.md next to it)")
+    args = parser.parse_args(argv)
+    import tensorflow as tf
+
+    rows = measure(args.batch or [1, 16, 64], args.repeat, args.runtime or ["tensorflow", "litert"])
+    results = {"rows": rows, "repeat": args.repeat, "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                           "tensorflow": tf.__version__}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    out.with_suffix(".md").write_text(to_markdown(results))
+    print(to_markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
