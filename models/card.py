@@ -149,9 +149,38 @@ def _sittings(rec: dict) -> str:
     if not sittings:
         return (f"The last sitting took {rec['train_seconds_this_sitting'] / 60:.0f} min "
                 "(the device was not recorded).")
-    parts = [f"epochs {s['epochs'][0] + 1}-{s['epochs'][1]} in {s['seconds'] / 60:.1f} min on {s['device']} "
-             f"(Keras backend {s['backend']})" for s in sittings]
+    parts = [f"epochs {s['epochs'][0] + 1}-{s['epochs'][1]}"
+             + (f" of a {s['schedule']}-epoch schedule" if s.get("schedule") else "")
+             + f" in {s['seconds'] / 60:.1f} min on {s['device']} (Keras backend {s['backend']})" for s in sittings]
     return "Trained in " + "; ".join(parts) + "."
+
+
+def _commands(rec: dict) -> list[str]:
+    """The commands that trained the model, in order: one, or one per schedule where a run's schedule
+    was extended (rerun with more ``--epochs`` in the same workdir)."""
+    commands = []
+    for s in rec.get("sittings") or []:
+        if s.get("command") and s["command"] not in commands:
+            commands.append(s["command"])
+    if rec["command"] not in commands:
+        commands.append(rec["command"])
+    return commands
+
+
+def _epochs_trained(rec: dict) -> str:
+    """How many epochs of which schedule(s) the model was trained."""
+    epochs = len(rec.get("history", []))
+    schedules = []
+    for s in rec.get("sittings") or []:
+        if s.get("schedule") and s["schedule"] not in schedules:
+            schedules.append(s["schedule"])
+    if len(schedules) > 1:
+        return (f"Epochs trained: {epochs}, in schedules of {', then '.join(map(str, schedules))} epochs: each later "
+                "command reran the earlier one's with a longer schedule in the same `--workdir`, resuming from its "
+                "last epoch with the learning rate where the longer cosine schedule has it there (a warm restart); "
+                "the best epoch on the validation data kept.")
+    return (f"Epochs trained: {epochs} of the {rec['recipe']['epochs']}-epoch schedule, the best on the validation "
+            "data kept.")
 
 
 def _search(table: dict) -> list[str]:
@@ -168,7 +197,6 @@ def render(name: str, ablations: dict | None = None, search: dict | None = None)
     ``search`` tables when given."""
     rec = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
     task = rec["task"]
-    epochs = len(rec.get("history", []))
     lines = [
         f"# Model card: {name}", "",
         f"- Task: {'emotion (' + ', '.join(rec['classes']) + ')' if task == 'emotion' else 'age (years, regression) and gender (P(female))'}",
@@ -179,11 +207,10 @@ def render(name: str, ablations: dict | None = None, search: dict | None = None)
         "(the median framing of the training data, measured with MTCNN's landmarks)",
         "", "## Data", "", _DATA[task], "",
         "## Recipe", "",
-        "```", rec["command"], "```", "",
+        "```", *_commands(rec), "```", "",
         "| setting | value |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in rec["recipe"].items()], "",
-        f"Epochs trained: {epochs} of the {rec['recipe']['epochs']}-epoch schedule, the best on the validation "
-        "data kept. The command resumes from the last finished epoch in its `--workdir`, so a run may take "
+        f"{_epochs_trained(rec)} The command resumes from the last finished epoch in its `--workdir`, so a run may take "
         "several sittings, on any Keras backend (TensorFlow on CPU, or `KERAS_BACKEND=jax` on a GPU). "
         f"{_sittings(rec)} Reproduce with the same command (seeded; thread scheduling and the backend make "
         "runs differ slightly).", "",

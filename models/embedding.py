@@ -147,7 +147,8 @@ def train_emotion_embedding(args: argparse.Namespace) -> dict:
     )
     LOG.info("emotion-embedding on %s: %d x %d train features, %d test faces", spec.tag, *f_tr.shape, len(f_te))
     best_head, seconds = fit_resumable(head, dataset(f_tr, t_tr, True), dataset(f_te, test.targets, False),
-                                       args.epochs, workdir, "val_accuracy", "max", class_weight, args.stop_after)
+                                       args.epochs, workdir, "val_accuracy", "max", class_weight, args.stop_after,
+                                       command=args.command)
     head = keras.models.load_model(best_head, compile=False)
     faces = keras.Input(base.input_shape[1:], name="face")
     model = keras.Model(faces, head(extractor(faces)), name="emotion")

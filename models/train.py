@@ -84,11 +84,13 @@ def inverse_frequency_weights(labels: np.ndarray, num_classes: int) -> dict[int,
 
 
 def fit_resumable(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: str, mode: str, class_weight=None,
-                  stop_after: int = 0, keep=None):
+                  stop_after: int = 0, keep=None, command: str | None = None):
     """Trains to ``epochs`` (or to ``stop_after`` of them), resuming from ``workdir``'s last epoch.
 
     Returns (path of the best epoch's model, seconds of this sitting). ``keep`` is the model saved
-    as the best epoch when it is not ``model`` itself (a training wrapper's inner model). A run
+    as the best epoch when it is not ``model`` itself (a training wrapper's inner model). Each
+    sitting is logged with ``command`` and the schedule's length, so a run whose schedule was
+    extended (rerun with more ``epochs`` in the same workdir) says so in its record. A run
     whose history already holds ``epochs`` epochs is not fitted again: its kept model is the
     result, so a run trained elsewhere (its ``best.keras`` and ``history.csv`` copied over, say
     from a GPU machine with another Keras backend) is finished here by the same command.
@@ -116,18 +118,22 @@ def fit_resumable(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: 
     model.fit(train_ds, validation_data=val_ds, epochs=min(stop_after or epochs, epochs), callbacks=callbacks,
               class_weight=class_weight, verbose=2)
     seconds = time.time() - start
-    _log_sitting(workdir, len(history), len(read_history(workdir)), seconds)
+    _log_sitting(workdir, len(history), len(read_history(workdir)), seconds, epochs, command)
     return best, seconds
 
 
-def _log_sitting(workdir: Path, first: int, last: int, seconds: float) -> None:
-    """Appends one line to ``workdir/sittings.jsonl``: the epochs a sitting trained, where and how long."""
+def _log_sitting(workdir: Path, first: int, last: int, seconds: float, schedule: int,
+                 command: str | None = None) -> None:
+    """Appends one line to ``workdir/sittings.jsonl``: the epochs a sitting trained, of which schedule,
+    by which command, where and how long."""
     import platform
 
     import keras
 
-    line = {"epochs": [first, last], "seconds": round(seconds, 1), "backend": keras.backend.backend(),
-            "device": _device_name(), "host": platform.node()}
+    line = {"epochs": [first, last], "schedule": schedule, "seconds": round(seconds, 1),
+            "backend": keras.backend.backend(), "device": _device_name(), "host": platform.node()}
+    if command:
+        line["command"] = command
     with open(workdir / "sittings.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
 
@@ -282,7 +288,7 @@ def train_emotion(args: argparse.Namespace) -> dict:
     best, seconds = fit_resumable(model, _batches(args, "emotion", x_tr[..., None], t_tr, True),
                                   _batches(args, "emotion", x_te[..., None], t_te, False), args.epochs,
                                   Path(args.workdir), "val_accuracy", "max", class_weight, args.stop_after,
-                                  keep=base if model is not base else None)
+                                  keep=base if model is not base else None, command=args.command)
     model = keras.models.load_model(best, compile=False)
     history = read_history(Path(args.workdir))
     record = {
@@ -348,7 +354,7 @@ def train_age_gender(args: argparse.Namespace) -> dict:
     LOG.info("age-gender: %d train / %d validation faces, %d params", len(tr), len(va), base.count_params())
     best, seconds = fit_resumable(model, dataset(tr, True), dataset(va, False), args.epochs, Path(args.workdir),
                                   "val_loss", "min", stop_after=args.stop_after,
-                                  keep=base if model is not base else None)
+                                  keep=base if model is not base else None, command=args.command)
     model = keras.models.load_model(best, compile=False)
     history = read_history(Path(args.workdir))
     age, p_female = age_gender_predict(model, utk.images[va])

@@ -119,7 +119,7 @@ def test_a_run_with_all_epochs_trained_is_not_fitted_again(tmp_path):
     best, seconds = fit_resumable(model, data, Batches(x, y, batch_size=8), 1, tmp_path, "val_accuracy", "max")
     assert best.exists() and seconds > 0 and len(read_history(tmp_path)) == 1
     (sitting,) = read_sittings(tmp_path)
-    assert sitting["epochs"] == [0, 1] and sitting["backend"] == keras.backend.backend()
+    assert sitting["epochs"] == [0, 1] and sitting["schedule"] == 1 and sitting["backend"] == keras.backend.backend()
     assert sitting["device"] == "cpu"
 
     # A copy of only the kept model, history and sittings (as from another machine) is finished as is.
@@ -142,6 +142,17 @@ def test_card_names_each_sitting_and_renders_the_search_table(tmp_path):
     text = card._sittings(rec)
     assert text.startswith("Trained in epochs 1-") and "Keras backend" in text
     assert "not recorded" in card._sittings({"train_seconds_this_sitting": 60.0})
+    assert card._commands(rec) == [rec["command"]] and card._epochs_trained(rec).startswith(
+        f"Epochs trained: {len(rec['history'])} of the {rec['recipe']['epochs']}-epoch schedule")
+
+    # A run whose schedule was extended names both commands, both schedules and the restart.
+    short, long = "python -m models.train age-gender --epochs 2", "python -m models.train age-gender --epochs 3"
+    extended = {"command": long, "recipe": {"epochs": 3}, "history": [{}] * 3, "sittings": [
+        {"epochs": [0, 2], "schedule": 2, "command": short, "seconds": 60.0, "device": "cpu", "backend": "tensorflow"},
+        {"epochs": [2, 3], "schedule": 3, "command": long, "seconds": 30.0, "device": "cpu", "backend": "tensorflow"}]}
+    assert card._commands(extended) == [short, long]
+    assert card._epochs_trained(extended).startswith("Epochs trained: 3, in schedules of 2, then 3 epochs")
+    assert "epochs 3-3 of a 3-epoch schedule in 0.5 min" in card._sittings(extended)
     table = {"task": "emotion", "epochs": 2, "grid": {"lr": [0.001], "widths": [[4, 8]], "dropout": [0.3]},
              "train_args": [], "rows": [{"name": "x", "lr": 0.001, "widths": [4, 8], "dropout": 0.3, "accuracy": 0.5,
                                          "macro_f1": 0.4, "disgust_recall": None, "fear_recall": 0.2, "ece": 0.1,
