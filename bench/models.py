@@ -40,24 +40,24 @@ def measure(batches: list[int], repeat: int, runtimes: list[str]) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
     for runtime in runtimes:
-        models = FaceModelHandler(*specs, runtime=runtime).load_model()
-        if models.runtime != runtime:
+        loaded = FaceModelHandler(*specs, runtime=runtime).load_model()
+        if loaded.runtime != runtime:
             continue  # e.g. LiteRT not installed
         if runtime == "tensorflow":
             import tensorflow as tf
 
-            alone = [tf.function(lambda x, m=m: m(x, training=False)) for m in (models.emotion, models.age_gender)]
+            alone = [tf.function(lambda x, m=m: m(x, training=False)) for m in (loaded.emotion, loaded.age_gender)]
         else:
-            alone = list(models.lite)
+            alone = list(loaded.lite)
         for batch in batches:
             x = [rng.uniform(0, 255, (batch, *spec.input_shape)).astype(np.float32) for spec in specs]
-            both = _median_ms(lambda: models.predict(*x), repeat)
+            both = _median_ms(lambda m=loaded, x=x: m.predict(*x), repeat)
             row = {"runtime": runtime, "batch": batch, "ms_per_face": round(both / batch, 3)}
             for spec, model, xi in zip(specs, alone, x):
                 row[f"{spec.name}_ms_per_face"] = round(_median_ms(lambda: model(xi), repeat) / batch, 3)
             rows.append(row)
             print(json.dumps(row), flush=True)
-        del models
+        del loaded
     return rows
 
 

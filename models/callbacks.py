@@ -1,14 +1,16 @@
-"""Keras callbacks of the training recipes: keep the best epoch across sittings, time each epoch."""
+"""Keras callbacks of the training recipes: keep the best epoch across sittings, time each epoch, log
+each sitting as it goes."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
 
 import keras
 
-__all__ = ["KeepBest", "EpochSeconds"]
+__all__ = ["KeepBest", "EpochSeconds", "SittingLog"]
 
 
 class KeepBest(keras.callbacks.Callback):
@@ -45,3 +47,33 @@ class EpochSeconds(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["epoch_seconds"] = round(time.time() - self._start, 2)
+
+
+class SittingLog(keras.callbacks.Callback):
+    """Keeps this sitting's line of the JSON-lines file ``path`` up to date after every epoch.
+
+    ``line`` is the sitting's record with ``epochs`` = [first, first]; each finished epoch moves
+    its end and its wall-clock ``seconds`` and rewrites the line (appended at the first epoch), so a
+    sitting that is killed still says which epochs it trained, and how long they took.
+    """
+
+    def __init__(self, path: str | Path, line: dict):
+        super().__init__()
+        self.path, self.line, self.seconds = Path(path), dict(line), 0.0
+        self._kept: list[str] | None = None
+
+    def on_train_begin(self, logs=None):
+        self._start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._kept is None:
+            self._kept = self.path.read_text().splitlines() if self.path.exists() else []
+        self.seconds = time.time() - self._start
+        self.line["epochs"] = [self.line["epochs"][0], self.line["epochs"][1] + 1]
+        self.line["seconds"] = round(self.seconds, 1)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("\n".join([*self._kept, json.dumps(self.line)]) + "\n")
+        tmp.replace(self.path)
+
+    def on_train_end(self, logs=None):
+        self.seconds = time.time() - self._start

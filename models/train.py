@@ -20,7 +20,6 @@ import json
 import logging
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +96,7 @@ def fit_resumable(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: 
     """
     import keras
 
-    from models.callbacks import EpochSeconds, KeepBest
+    from models.callbacks import EpochSeconds, KeepBest, SittingLog
 
     workdir.mkdir(parents=True, exist_ok=True)
     best = workdir / "best.keras"
@@ -107,35 +106,32 @@ def fit_resumable(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: 
         LOG.info("%s: all %d epochs trained; using its kept model", workdir, epochs)
         return best, 0.0
     seen = [h[monitor] for h in history if monitor in h] if best.exists() else []
+    sitting = SittingLog(workdir / "sittings.jsonl", _sitting_line(len(history), epochs, command))
     callbacks = [
         # Kept after the last epoch, so that a sitting ended by --stop_after can be resumed.
         keras.callbacks.BackupAndRestore(str(workdir / "backup"), delete_checkpoint=False),
         EpochSeconds(),
         KeepBest(best, monitor, mode, (max if mode == "max" else min)(seen) if seen else None, keep),
         keras.callbacks.CSVLogger(str(history_path), append=True),
+        sitting,  # after the CSVLogger: the line never names an epoch the history lacks
     ]
-    start = time.time()
     model.fit(train_ds, validation_data=val_ds, epochs=min(stop_after or epochs, epochs), callbacks=callbacks,
               class_weight=class_weight, verbose=2)
-    seconds = time.time() - start
-    _log_sitting(workdir, len(history), len(read_history(workdir)), seconds, epochs, command)
-    return best, seconds
+    return best, sitting.seconds
 
 
-def _log_sitting(workdir: Path, first: int, last: int, seconds: float, schedule: int,
-                 command: str | None = None) -> None:
-    """Appends one line to ``workdir/sittings.jsonl``: the epochs a sitting trained, of which schedule,
-    by which command, where and how long."""
+def _sitting_line(first: int, schedule: int, command: str | None = None) -> dict:
+    """The ``sittings.jsonl`` line of a sitting that starts after epoch ``first``: of which schedule,
+    by which command, where (``SittingLog`` adds the epochs it finished and its seconds)."""
     import platform
 
     import keras
 
-    line = {"epochs": [first, last], "schedule": schedule, "seconds": round(seconds, 1),
+    line = {"epochs": [first, first], "schedule": schedule, "seconds": 0.0,
             "backend": keras.backend.backend(), "device": _device_name(), "host": platform.node()}
     if command:
         line["command"] = command
-    with open(workdir / "sittings.jsonl", "a") as f:
-        f.write(json.dumps(line) + "\n")
+    return line
 
 
 def read_sittings(workdir: Path) -> list[dict]:

@@ -135,6 +135,31 @@ def test_a_run_with_all_epochs_trained_is_not_fitted_again(tmp_path):
     assert not (elsewhere / "backup").exists()
 
 
+def test_a_killed_sitting_still_logs_the_epochs_it_finished(tmp_path):
+    import json
+
+    import keras
+
+    from models.callbacks import SittingLog
+
+    class Killed(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    path = tmp_path / "sittings.jsonl"
+    path.write_text(json.dumps({"epochs": [0, 4], "schedule": 4}) + "\n")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.ones((8, 3), np.float32)
+    log = SittingLog(path, {"epochs": [4, 4], "schedule": 9, "seconds": 0.0})
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, x[:, :1], epochs=5, callbacks=[log, Killed()], verbose=0)
+    earlier, this = [json.loads(line) for line in path.read_text().splitlines()]
+    assert earlier == {"epochs": [0, 4], "schedule": 4}
+    assert this["epochs"] == [4, 6] and this["schedule"] == 9 and this["seconds"] == round(log.seconds, 1) > 0
+
+
 def test_card_names_each_sitting_and_renders_the_search_table(tmp_path):
     from models import card
 
