@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -157,14 +158,32 @@ def _sittings(rec: dict) -> str:
 
 def _commands(rec: dict) -> list[str]:
     """The commands that trained the model, in order: one, or one per schedule where a run's schedule
-    was extended (rerun with more ``--epochs`` in the same workdir)."""
+    was extended (rerun with more ``--epochs`` in the same workdir, or in a copy of it: the copy is
+    shown as the ``cp -r`` between the two commands)."""
     commands = []
     for s in rec.get("sittings") or []:
         if s.get("command") and s["command"] not in commands:
             commands.append(s["command"])
     if rec["command"] not in commands:
         commands.append(rec["command"])
-    return commands
+    lines = commands[:1]
+    for before, after in zip(commands, commands[1:]):
+        src, dst = _workdir(before), _workdir(after)
+        if src and dst and src != dst:
+            lines.append(f"cp -r {shlex.quote(src)} {shlex.quote(dst)}")
+        lines.append(after)
+    return lines
+
+
+def _workdir(command: str) -> str | None:
+    """The ``--workdir`` a training command names (None where it names none)."""
+    args = shlex.split(command)
+    for i, a in enumerate(args):
+        if a == "--workdir" and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--workdir="):
+            return a.split("=", 1)[1]
+    return None
 
 
 def _epochs_trained(rec: dict) -> str:
@@ -176,7 +195,7 @@ def _epochs_trained(rec: dict) -> str:
             schedules.append(s["schedule"])
     if len(schedules) > 1:
         return (f"Epochs trained: {epochs}, in schedules of {', then '.join(map(str, schedules))} epochs: each later "
-                "command reran the earlier one's with a longer schedule in the same `--workdir`, resuming from its "
+                "command reran the earlier one's with a longer schedule in the same `--workdir` (or a copy of it), resuming from its "
                 "last epoch with the learning rate where the longer cosine schedule has it there (a warm restart); "
                 "the best epoch on the validation data kept.")
     return (f"Epochs trained: {epochs} of the {rec['recipe']['epochs']}-epoch schedule, the best on the validation "

@@ -178,6 +178,12 @@ def test_card_names_each_sitting_and_renders_the_search_table(tmp_path):
     assert card._commands(extended) == [short, long]
     assert card._epochs_trained(extended).startswith("Epochs trained: 3, in schedules of 2, then 3 epochs")
     assert "epochs 3-3 of a 3-epoch schedule in 0.5 min" in card._sittings(extended)
+    # Resumed in a copy of the first run's workdir: the copy is part of the recipe.
+    copied = {**extended, "command": long + " --workdir 'runs/b c'", "sittings": [
+        {**extended["sittings"][0], "command": short + " --workdir runs/a"},
+        {**extended["sittings"][1], "command": long + " --workdir 'runs/b c'"}]}
+    assert card._commands(copied) == [short + " --workdir runs/a", "cp -r runs/a 'runs/b c'",
+                                      long + " --workdir 'runs/b c'"]
     table = {"task": "emotion", "epochs": 2, "grid": {"lr": [0.001], "widths": [[4, 8]], "dropout": [0.3]},
              "train_args": [], "rows": [{"name": "x", "lr": 0.001, "widths": [4, 8], "dropout": 0.3, "accuracy": 0.5,
                                          "macro_f1": 0.4, "disgust_recall": None, "fear_recall": 0.2, "ece": 0.1,
