@@ -1,6 +1,6 @@
 """Writes a model card (markdown) from a model's JSON sidecar.
 
-    python -m models.card emotion_v2 age_gender_v1
+    python -m models.card emotion_v2 age_gender_v4
     python -m models.card emotion_v2 --ablations runs/ablate/results.json --search runs/search/results.json
 
 The sidecar is what ``models.train`` recorded: recipe, exact command, history, sittings, figures,
@@ -82,6 +82,8 @@ def _age_gender_figures(rec: dict) -> list[str]:
     v, t = rec["validation"], rec["validation_tta"]
     lines = [
         f"## Figures (UTKFace validation split, {v['n']} faces)", "",
+        "The kept epoch was chosen on this split (lowest validation loss), as the emotion model's is on "
+        "PublicTest, so the figures are slightly optimistic for unseen faces.", "",
         "| measure | value | with flip TTA |", "|---|---|---|",
         f"| age MAE (years) | {v['age_mae']:.2f} | {t['age_mae']:.2f} |",
         f"| age-group accuracy | {_pct(v['age_group_accuracy'])} | {_pct(t['age_group_accuracy'])} |",
@@ -231,7 +233,7 @@ def render(name: str, ablations: dict | None = None, search: dict | None = None)
         *[f"| {k} | {v} |" for k, v in rec["recipe"].items()], "",
         f"{_epochs_trained(rec)} The command resumes from the last finished epoch in its `--workdir`, so a run may take "
         "several sittings, on any Keras backend (TensorFlow on CPU, or `KERAS_BACKEND=jax` on a GPU). "
-        f"{_sittings(rec)} Reproduce with the same command (seeded; thread scheduling and the backend make "
+        f"{_sittings(rec)} Reproduce with the commands above (seeded; thread scheduling and the backend make "
         "runs differ slightly).", "",
         *(_emotion_figures(rec) if task == "emotion" else _age_gender_figures(rec)), "",
         *([*_ablations(ablations), ""] if ablations and task == "emotion" else []),

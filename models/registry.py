@@ -21,12 +21,12 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 # sha256 of the shipped weights; each model card states the same value.
 SHIPPED: dict[str, str] = {
     "emotion_v2": "6bb4d4965d9ae99bb0c88905b3f3a426f411d8d66425ae4fc4583f348e9f4196",
-    "age_gender_v1": "8864373957367e1492e335cb099e409a8ba4bc5e40a996bdb1815e1e98050e4d",
+    "age_gender_v4": "2199b2cfc1ef0432591d866660abb7178f3d9bf76e7008567a7c9ebc793546ec",
 }
 
 
 # The models the pipeline, the live view, evaluation and the benchmarks use unless told otherwise.
-DEFAULT_MODELS: dict[str, str] = {"emotion": "emotion_v2", "age-gender": "age_gender_v1"}
+DEFAULT_MODELS: dict[str, str] = {"emotion": "emotion_v2", "age-gender": "age_gender_v4"}
 
 
 class ModelIntegrityError(RuntimeError):

@@ -8,6 +8,7 @@ import re
 import pytest
 import yaml
 
+from models.registry import DEFAULT_MODELS
 from pipelines.analyze import AnalyzeOptions
 from tests.conftest import ROOT
 
@@ -65,8 +66,9 @@ def test_setup_file_builds_the_package_dataflow_stages(tmp_path):
     sdist = Stager._build_setup_package(str(ROOT / "setup.py"), str(tmp_path))
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    shipped = [f"models/{kind}/{name}{ext}" for name in DEFAULT_MODELS.values()
+               for kind, ext in (("weights", ".keras"), ("weights", ".json"), ("cards", ".md"))]
     for needed in ("setup.py", "README.md", "pipelines/analyze.py", "transforms/sources.py", "models/handler.py",
-                   "models/weights/emotion_v2.keras", "models/weights/emotion_v2.json",
-                   "models/weights/age_gender_v1.keras", "models/cards/emotion_v2.md"):
+                   *shipped):
         assert needed in names, needed
     assert not any(n.startswith(("tests/", "runs/", "examples/")) for n in names)

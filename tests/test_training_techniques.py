@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from models.labels import EMOTIONS
+from models.registry import DEFAULT_MODELS
 
 # A network small enough to train an epoch on ~100 faces in about a second.
 TINY = ["--widths", "4", "8", "--batch_size", "32"]
@@ -236,7 +237,7 @@ def test_ablation_rows_and_their_card(fer_dir, tmp_path, monkeypatch):
     assert "--epochs 1" in section and "same budget" in section and "own classes" in section
     for name in rows:
         assert f"| {name} |" in section
-    assert card.render("age_gender_v1", results).count("## Ablations") == 0
+    assert card.render(DEFAULT_MODELS["age-gender"], results).count("## Ablations") == 0
 
 
 def test_every_ablation_row_is_a_valid_recipe(tmp_path):
