@@ -197,8 +197,9 @@ def _epochs_trained(rec: dict) -> str:
             schedules.append(s["schedule"])
     if len(schedules) > 1:
         return (f"Epochs trained: {epochs}, in schedules of {', then '.join(map(str, schedules))} epochs: each later "
-                "command reran the earlier one's with a longer schedule in the same `--workdir` (or a copy of it), resuming from its "
-                "last epoch with the learning rate where the longer cosine schedule has it there (a warm restart); "
+                "command reran the earlier one's with a longer schedule in the same `--workdir` (or a copy of it), "
+                "resuming from its last epoch with the learning rate where the longer cosine schedule has it there "
+                "(a warm restart); "
                 "the best epoch on the validation data kept.")
     return (f"Epochs trained: {epochs} of the {rec['recipe']['epochs']}-epoch schedule, the best on the validation "
             "data kept.")
