@@ -234,8 +234,8 @@ def render(name: str, ablations: dict | None = None, search: dict | None = None)
         *[f"| {k} | {v} |" for k, v in rec["recipe"].items()], "",
         f"{_epochs_trained(rec)} The command resumes from the last finished epoch in its `--workdir`, so a run may take "
         "several sittings, on any Keras backend (TensorFlow on CPU, or `KERAS_BACKEND=jax` on a GPU). "
-        f"{_sittings(rec)} Reproduce with the commands above (seeded; thread scheduling and the backend make "
-        "runs differ slightly).", "",
+        f"{_sittings(rec)} Reproduce with the {'commands' if len(_commands(rec)) > 1 else 'command'} above "
+        "(seeded; thread scheduling and the backend make runs differ slightly).", "",
         *(_emotion_figures(rec) if task == "emotion" else _age_gender_figures(rec)), "",
         *([*_ablations(ablations), ""] if ablations and task == "emotion" else []),
         *([*_search(search), ""] if search and task == "emotion" else []),
