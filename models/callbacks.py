@@ -60,14 +60,13 @@ class SittingLog(keras.callbacks.Callback):
     def __init__(self, path: str | Path, line: dict):
         super().__init__()
         self.path, self.line, self.seconds = Path(path), dict(line), 0.0
-        self._kept: list[str] | None = None
 
     def on_train_begin(self, logs=None):
         self._start = time.time()
+        # the earlier sittings' lines, written back above this sitting's each time
+        self._kept = self.path.read_text().splitlines() if self.path.exists() else []
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._kept is None:
-            self._kept = self.path.read_text().splitlines() if self.path.exists() else []
         self.seconds = time.time() - self._start
         self.line["epochs"] = [self.line["epochs"][0], self.line["epochs"][1] + 1]
         self.line["seconds"] = round(self.seconds, 1)

@@ -162,12 +162,8 @@ def _commands(rec: dict) -> list[str]:
     """The commands that trained the model, in order: one, or one per schedule where a run's schedule
     was extended (rerun with more ``--epochs`` in the same workdir, or in a copy of it: the copy is
     shown as the ``cp -r`` between the two commands)."""
-    commands = []
-    for s in rec.get("sittings") or []:
-        if s.get("command") and s["command"] not in commands:
-            commands.append(s["command"])
-    if rec["command"] not in commands:
-        commands.append(rec["command"])
+    sittings = rec.get("sittings") or []
+    commands = list(dict.fromkeys([*(s["command"] for s in sittings if s.get("command")), rec["command"]]))
     lines = commands[:1]
     for before, after in zip(commands, commands[1:]):
         src, dst = _workdir(before), _workdir(after)
@@ -191,10 +187,7 @@ def _workdir(command: str) -> str | None:
 def _epochs_trained(rec: dict) -> str:
     """How many epochs of which schedule(s) the model was trained."""
     epochs = len(rec.get("history", []))
-    schedules = []
-    for s in rec.get("sittings") or []:
-        if s.get("schedule") and s["schedule"] not in schedules:
-            schedules.append(s["schedule"])
+    schedules = list(dict.fromkeys(s["schedule"] for s in rec.get("sittings") or [] if s.get("schedule")))
     if len(schedules) > 1:
         return (f"Epochs trained: {epochs}, in schedules of {', then '.join(map(str, schedules))} epochs: each later "
                 "command reran the earlier one's with a longer schedule in the same `--workdir` (or a copy of it), "
@@ -219,6 +212,7 @@ def render(name: str, ablations: dict | None = None, search: dict | None = None)
     ``search`` tables when given."""
     rec = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
     task = rec["task"]
+    commands = _commands(rec)
     lines = [
         f"# Model card: {name}", "",
         f"- Task: {'emotion (' + ', '.join(rec['classes']) + ')' if task == 'emotion' else 'age (years, regression) and gender (P(female))'}",
@@ -229,12 +223,12 @@ def render(name: str, ablations: dict | None = None, search: dict | None = None)
         "(the median framing of the training data, measured with MTCNN's landmarks)",
         "", "## Data", "", _DATA[task], "",
         "## Recipe", "",
-        "```", *_commands(rec), "```", "",
+        "```", *commands, "```", "",
         "| setting | value |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in rec["recipe"].items()], "",
         f"{_epochs_trained(rec)} The command resumes from the last finished epoch in its `--workdir`, so a run may take "
         "several sittings, on any Keras backend (TensorFlow on CPU, or `KERAS_BACKEND=jax` on a GPU). "
-        f"{_sittings(rec)} Reproduce with the {'commands' if len(_commands(rec)) > 1 else 'command'} above "
+        f"{_sittings(rec)} Reproduce with the {'commands' if len(commands) > 1 else 'command'} above "
         "(seeded; thread scheduling and the backend make runs differ slightly).", "",
         *(_emotion_figures(rec) if task == "emotion" else _age_gender_figures(rec)), "",
         *([*_ablations(ablations), ""] if ablations and task == "emotion" else []),
