@@ -7,6 +7,7 @@ model, already framed to the model's template: (emotion input, age-gender input)
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterable, NamedTuple, Sequence
@@ -14,7 +15,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from models.registry import ModelSpec, load_checked
+from models.registry import ModelSpec, load_checked, verify
 
 __all__ = ["FaceModels", "FaceAttributes", "FaceModelHandler", "RUNTIMES"]
 
@@ -31,12 +32,15 @@ class FaceModels:
 
     ``predict`` is the only call the handler makes, so the models can also live in another process
     behind Beam's multi-process proxy (``large_model``): it takes and returns numpy arrays only.
-    With ``lite`` (the two models converted, see ``models.litert``) LiteRT runs them, else TensorFlow;
-    the Keras models stay loaded either way.
+    With ``lite`` (the two models converted, see ``models.litert``) LiteRT runs them, else TensorFlow.
+
+    ``emotion`` and ``age_gender`` are the Keras models. Each source is the Keras model itself or its
+    ModelSpec: LiteRT running a cached conversion needs no Keras model, so the handler then passes the
+    specs and a Keras model is loaded (its sha256 checked again) only if something asks for it.
     """
 
-    emotion: Any  # keras.Model
-    age_gender: Any  # keras.Model
+    emotion_source: Any  # keras.Model, or the ModelSpec to load it from on first use
+    age_gender_source: Any  # keras.Model, or the ModelSpec to load it from on first use
     # Softmax temperature applied to the emotion probabilities (1: as the network gives them).
     emotion_temperature: float = 1.0
     # (emotion, age_gender) as models.litert.LiteModel, or None to run them with TensorFlow.
@@ -47,6 +51,16 @@ class FaceModels:
     @property
     def runtime(self) -> str:
         return "tensorflow" if self.lite is None else "litert"
+
+    @functools.cached_property
+    def emotion(self):
+        """The emotion Keras model."""
+        return _keras(self.emotion_source)
+
+    @functools.cached_property
+    def age_gender(self):
+        """The age + gender Keras model."""
+        return _keras(self.age_gender_source)
 
     def predict(self, x_emotion: np.ndarray, x_age: np.ndarray, flip_tta: bool = False):
         """(emotion (N, 7), age (N,), P(female) (N,)) for float32 (N, S, S, 1) and (N, S, S, 3) pixels."""
@@ -109,6 +123,11 @@ class FaceModels:
             return emotion, age, p_female
 
         return tf.function(forward, input_signature=spec)
+
+
+def _keras(source):
+    """A Keras model given as itself, or loaded from its ModelSpec after its sha256 is checked."""
+    return load_checked(source) if isinstance(source, ModelSpec) else source
 
 
 class FaceAttributes(NamedTuple):
@@ -176,15 +195,17 @@ class FaceModelHandler(ModelHandler[tuple, PredictionResult, FaceModels]):
         return self._emotion, self._age_gender
 
     def load_model(self) -> FaceModels:
+        """Both models, after their files' sha256 is checked; Keras loads them only where TensorFlow runs them."""
         _configure_tf(self._tf_threads)
-        models = []
         for spec in self.specs:
             LOG.info("loading %s from %s", spec.tag, spec.path)
-            models.append(load_checked(spec))
-        return FaceModels(*models, emotion_temperature=self._emotion.temperature if self._calibrate else 1.0,
-                          lite=self._lite(models))
+            verify(spec)
+        lite = self._lite()
+        sources = self.specs if lite is not None else tuple(load_checked(spec) for spec in self.specs)
+        return FaceModels(*sources, emotion_temperature=self._emotion.temperature if self._calibrate else 1.0,
+                          lite=lite)
 
-    def _lite(self, models) -> tuple | None:
+    def _lite(self) -> tuple | None:
         """The models for LiteRT, where the runtime asks for it; None: TensorFlow runs them."""
         if self._runtime == "tensorflow":
             return None
@@ -196,8 +217,9 @@ class FaceModelHandler(ModelHandler[tuple, PredictionResult, FaceModels]):
         from models import litert
 
         try:
-            return tuple(litert.LiteModel(litert.flatbuffer(m, spec.name, spec.sha256), self._tf_threads)
-                         for m, spec in zip(models, self.specs))
+            return tuple(litert.LiteModel(litert.flatbuffer(functools.partial(load_checked, spec), spec.name,
+                                                            spec.sha256), self._tf_threads)
+                         for spec in self.specs)
         except Exception as e:  # noqa: BLE001 - "auto" falls back to the models as loaded
             if self._runtime == "litert":
                 raise

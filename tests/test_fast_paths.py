@@ -123,7 +123,7 @@ def test_litert_conversion_is_cached_by_the_keras_files_hash(loaded_models, ship
 
     _, models = loaded_models
     spec = shipped_specs[1]
-    blob = litert.flatbuffer(models.age_gender, spec.name, spec.sha256, tmp_path)
+    blob = litert.flatbuffer(lambda: models.age_gender, spec.name, spec.sha256, tmp_path)
     cached = list(tmp_path.iterdir())
     assert len(cached) == 1 and spec.sha256[:16] in cached[0].name and cached[0].read_bytes() == blob
 
@@ -131,10 +131,10 @@ def test_litert_conversion_is_cached_by_the_keras_files_hash(loaded_models, ship
         raise AssertionError("converted again")
 
     monkeypatch.setattr(litert, "_convert", no_conversion)
-    assert litert.flatbuffer(models.age_gender, spec.name, spec.sha256, tmp_path) == blob
+    assert litert.flatbuffer(lambda: models.age_gender, spec.name, spec.sha256, tmp_path) == blob
     # another file (another hash) is converted, not served the old one
     with pytest.raises(AssertionError, match="converted again"):
-        litert.flatbuffer(models.age_gender, spec.name, "0" * 64, tmp_path)
+        litert.flatbuffer(lambda: models.age_gender, spec.name, "0" * 64, tmp_path)
 
 
 def test_litert_cache_that_cannot_be_written_only_costs_the_conversion(loaded_models, shipped_specs, tmp_path,
@@ -146,7 +146,7 @@ def test_litert_cache_that_cannot_be_written_only_costs_the_conversion(loaded_mo
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
     with caplog.at_level("WARNING", logger="models.litert"):
-        blob = litert.flatbuffer(models.age_gender, spec.name, spec.sha256, not_a_dir)
+        blob = litert.flatbuffer(lambda: models.age_gender, spec.name, spec.sha256, not_a_dir)
     assert blob[4:8] == b"TFL3" and "could not cache" in caplog.text
     got = litert.LiteModel(blob)(np.zeros((2, 64, 64, 3), np.float32))
     assert set(got) == {"age", "gender"} and got["age"].shape == (2, 1)
@@ -169,3 +169,37 @@ def test_runtime_choice(shipped_specs, monkeypatch, caplog):
     assert "converter missing" in caplog.text
     with pytest.raises(RuntimeError, match="converter missing"):
         FaceModelHandler(*shipped_specs, runtime="litert").load_model()
+
+def test_cached_conversion_runs_without_loading_keras(loaded_models, shipped_specs, monkeypatch):
+    from models import handler as handler_module
+    from models.handler import FaceModelHandler
+
+    assert loaded_models[1].runtime == "litert"  # the session's load left both conversions in the cache
+    loads = []
+    load_checked = handler_module.load_checked
+    monkeypatch.setattr(handler_module, "load_checked", lambda spec: loads.append(spec.name) or load_checked(spec))
+    models = FaceModelHandler(*shipped_specs, runtime="litert").load_model()
+    emotion, age, _ = models.predict(np.zeros((3, 48, 48, 1), np.float32), np.zeros((3, 64, 64, 3), np.float32))
+    assert emotion.shape == (3, 7) and age.shape == (3,) and loads == []
+    # the Keras model is still there for whoever asks, loaded once
+    assert models.age_gender.input_shape[1:] == (64, 64, 3) and models.age_gender is models.age_gender
+    assert loads == [shipped_specs[1].name]
+
+
+def test_changed_model_file_is_refused_though_its_conversion_is_cached(loaded_models, shipped_specs, tmp_path):
+    import dataclasses
+    import shutil
+
+    from models.handler import FaceModelHandler
+    from models.registry import ModelIntegrityError
+
+    assert loaded_models[1].runtime == "litert"
+    emotion = shipped_specs[0]
+    changed = tmp_path / "changed.keras"
+    shutil.copyfile(emotion.path, changed)
+    with open(changed, "ab") as f:
+        f.write(b"\0")
+    # same name and recorded sha256 as the shipped file: the cache holds a conversion under that hash
+    spec = dataclasses.replace(emotion, path=str(changed))
+    with pytest.raises(ModelIntegrityError, match="does not match"):
+        FaceModelHandler(spec, shipped_specs[1], runtime="litert").load_model()
