@@ -170,3 +170,22 @@ def test_progress_counts_every_file_and_face(corpus, tmp_path):
     finally:
         progress.close()
     assert "10/10" in shown.getvalue() and progress.state() is None
+
+
+def test_detection_one_frame_ahead_keeps_each_frame_its_faces_and_errors():
+    """The detector runs a frame ahead in its own thread: every frame's faces and failures stay its own,
+    failures anywhere in the bundle, the last frames handed on when the bundle finishes."""
+    from transforms.faces import DetectFaces
+    from transforms.records import Frame
+
+    wanted = [1, 5, 2, 0, 5, 3, 1, 5]  # 5: the detector fails on that frame
+    frames = [Frame(f"mem://{i}.png", "image", None, None, _picture(n)) for i, n in enumerate(wanted)]
+    with _pipeline() as p:
+        faces, errors = (p | beam.Create(frames)
+                         | DetectFaces(DetectOptions(min_face_size=10), fake_detector_factory))
+        assert_that(faces | beam.Map(lambda f: (f.source_uri, f.face_index)),
+                    equal_to([(f"mem://{i}.png", k) for i, n in enumerate(wanted) if n != 5 for k in range(n)]),
+                    label="faces")
+        assert_that(errors | beam.Map(lambda e: (e.source_uri, e.stage, e.error)),
+                    equal_to([(f"mem://{i}.png", "detect", "RuntimeError: detector exploded")
+                              for i, n in enumerate(wanted) if n == 5]), label="errors")

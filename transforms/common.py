@@ -7,7 +7,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.records import ErrorRecord
 
-__all__ = ["NAMESPACE", "count", "DeadLettersToErrors", "FailedSources", "WithholdFailedSources", "withhold_failed",
+__all__ = ["NAMESPACE", "count", "exception_message", "DeadLettersToErrors", "FailedSources", "WithholdFailedSources", "withhold_failed",
            "source_uris_of"]
 
 NAMESPACE = "facebeam"
@@ -28,6 +28,11 @@ def source_uris_of(element) -> list[str]:
     if isinstance(element, list):
         return sorted({uri for item in element for uri in source_uris_of(item)})
     return ["<unknown>"]
+
+
+def exception_message(exc: BaseException) -> str:
+    """An exception as an ErrorRecord states it: what Beam's dead letters give for it (``Type: message``)."""
+    return _error_message((type(exc), repr(exc)))
 
 
 def _error_message(info) -> str:
