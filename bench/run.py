@@ -103,6 +103,8 @@ def _summarise(n: int, runs: dict) -> dict:
         # load changing between separate runs.
         own = pipe["stages"].get("decode", 0.0) + pipe["inside"]["detector calls"]
         entry["ratio_to_own_decode_detect"] = round(pipe["seconds"] / own, 3)
+        # The pipeline decodes while the detector works: against the detector alone, decode counts too.
+        entry["ratio_to_own_detector"] = round(pipe["seconds"] / pipe["inside"]["detector calls"], 3)
     return entry
 
 
@@ -206,8 +208,10 @@ def to_markdown(results: dict) -> str:
                   lambda r: r["ratio_to_detection_limit"]),
               row("ratio to detection limit, CPU seconds", lambda r: r["ratio_to_detection_limit_cpu"]),
               row("ratio to the one-loop decode + detect run, seconds", lambda r: r["ratio_to_detection_loop"]),
-              row("pipeline seconds ÷ its own decode + detector seconds", lambda r: r["ratio_to_own_decode_detect"])]
-    for mode, title in (("pipeline", "Pipeline stages, seconds summed over its worker threads (Beam execution-time metrics, sampled)"),
+              row("pipeline seconds ÷ its own decode + detector seconds", lambda r: r["ratio_to_own_decode_detect"]),
+              row("pipeline seconds ÷ its own detector seconds", lambda r: r["ratio_to_own_detector"])]
+    for mode, title in (("pipeline", "Pipeline stages, seconds summed over its worker threads (Beam execution-time "
+                                     "metrics, sampled); the detector thread's rows run beside the others"),
                         ("sequential", "Sequential loop stages, seconds"),
                         ("detection", "Decode + detect, one loop: stages, seconds"),
                         ("detection_threads", "Decode + detect, threads: stages, thread-seconds")):
@@ -319,6 +323,7 @@ def _results(runs: list[dict], sources, context: dict) -> dict:
         "ratio_to_detection_limit_cpu": last.get("ratio_to_detection_limit_cpu"),
         "ratio_to_detection_loop": last.get("ratio_to_detection_loop"),
         "ratio_to_own_decode_detect": last.get("ratio_to_own_decode_detect"),
+        "ratio_to_own_detector": last.get("ratio_to_own_detector"),
         "at_n": last["n"],
         "targets": {
             "speedup_vs_sequential": {"target": f">= {TARGET_SPEEDUP}", "met": met_speedup},

@@ -39,6 +39,7 @@ def test_ratios_use_the_faster_detection_run_as_the_limit():
     assert entry["ratio_to_detection_limit_cpu"] == pytest.approx(40 / 36, abs=1e-3)
     assert entry["ratio_to_detection_loop"] == pytest.approx(23 / 30, abs=1e-3)
     assert entry["ratio_to_own_decode_detect"] == pytest.approx(23 / 17, abs=1e-3)
+    assert entry["ratio_to_own_detector"] == pytest.approx(23 / 15, abs=1e-3)
 
     # one loop faster than the threads: the loop is the limit
     runs["detection_threads"] = _run("detection_threads", 35.0, 60.0, workers=2)
@@ -97,6 +98,22 @@ def test_threaded_detection_finds_what_the_loop_finds(tmp_path):
     assert (loop["files"], loop["frames"]) == (threads["files"], threads["frames"]) == (2, 2)
     assert loop["detections"] == threads["detections"] >= 30
     assert threads["workers"] == 2
+
+
+def test_pipeline_run_splits_its_time_between_the_stages_and_the_detector_thread(tmp_path, litert_cache):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(ROOT / "examples" / "photos" / "obama_family.jpg", corpus / "obama_family.jpg")
+    r = measure.run_pipeline(corpus, [])
+    assert (r["files"], r["frames"], r["errors"]) == (1, 1, 0) and r["faces"] >= 4
+    assert r["model_runtime"] == "litert"
+    stages = r["stages"]
+    assert stages["detector thread: detector calls"] == r["inside"]["detector calls"] > 0
+    # alignment runs in the detector thread too, after the detector's own call
+    assert r["inside"]["detect + align"] > r["inside"]["detector calls"]
+    assert stages["detector thread: align + crop"] > 0
+    assert "detect: waiting for the detector thread" in stages and "detect+align" not in stages
+    assert r["inside"]["model calls"] > 0
 
 
 def test_memory_corpus_and_4k_video_are_generated_as_described(tmp_path):
