@@ -158,13 +158,14 @@ def _sittings(rec: dict) -> str:
     return "Trained in " + "; ".join(parts) + "."
 
 
-def _commands(rec: dict) -> list[str]:
+def commands_of(rec: dict) -> list[str]:
     """The commands that trained the model, in order: one, or one per schedule where a run's schedule
     was extended (rerun with more ``--epochs`` in the same workdir, or in a copy of it: the copy is
-    shown as the ``cp -r`` between the two commands)."""
+    shown as the ``cp -r`` between the two commands); those of the model it started from (``--init``)
+    come first."""
     sittings = rec.get("sittings") or []
     commands = list(dict.fromkeys([*(s["command"] for s in sittings if s.get("command")), rec["command"]]))
-    lines = commands[:1]
+    lines = [*(rec.get("init") or {}).get("commands", []), *commands[:1]]
     for before, after in zip(commands, commands[1:]):
         src, dst = _workdir(before), _workdir(after)
         if src and dst and src != dst:
@@ -185,17 +186,24 @@ def _workdir(command: str) -> str | None:
 
 
 def _epochs_trained(rec: dict) -> str:
-    """How many epochs of which schedule(s) the model was trained."""
+    """How many epochs of which schedule(s) the model was trained, and from which model it started."""
     epochs = len(rec.get("history", []))
     schedules = list(dict.fromkeys(s["schedule"] for s in rec.get("sittings") or [] if s.get("schedule")))
+    start = ""
+    if rec.get("init"):
+        init = rec["init"]
+        start = (f"Started from the weights of {init['name']} (sha256 `{init['sha256'][:12]}…`, trained by the "
+                 f"command{'s' if len(init['commands']) > 1 else ''} before the `--init` one), with a fresh "
+                 "optimizer and schedule (a warm restart). ")
     if len(schedules) > 1:
-        return (f"Epochs trained: {epochs}, in schedules of {', then '.join(map(str, schedules))} epochs: each later "
-                "command reran the earlier one's with a longer schedule in the same `--workdir` (or a copy of it), "
-                "resuming from its last epoch with the learning rate where the longer cosine schedule has it there "
-                "(a warm restart); "
-                "the best epoch on the validation data kept.")
-    return (f"Epochs trained: {epochs} of the {rec['recipe']['epochs']}-epoch schedule, the best on the validation "
-            "data kept.")
+        return start + (
+            f"Epochs trained: {epochs}, in schedules of {', then '.join(map(str, schedules))} epochs: each later "
+            "command reran the earlier one's with a longer schedule in the same `--workdir` (or a copy of it), "
+            "resuming from its last epoch with the learning rate where the longer cosine schedule has it there "
+            "(a warm restart); "
+            "the best epoch on the validation data kept.")
+    return start + (f"Epochs trained: {epochs} of the {rec['recipe']['epochs']}-epoch schedule, the best on the "
+                    "validation data kept.")
 
 
 def _search(table: dict) -> list[str]:
@@ -212,7 +220,7 @@ def render(name: str, ablations: dict | None = None, search: dict | None = None)
     ``search`` tables when given."""
     rec = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
     task = rec["task"]
-    commands = _commands(rec)
+    commands = commands_of(rec)
     lines = [
         f"# Model card: {name}", "",
         f"- Task: {'emotion (' + ', '.join(rec['classes']) + ')' if task == 'emotion' else 'age (years, regression) and gender (P(female))'}",

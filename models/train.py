@@ -205,6 +205,28 @@ def emotion_predict(model, images: np.ndarray, tta: bool, batch_size: int = 256)
     return probs
 
 
+def warm_start(base, init: str | None, task: str) -> dict | None:
+    """Copies the weights of model ``init`` (a name in models/weights, or a ``.keras`` path with its
+    sidecar; sha256 checked) into ``base``, the recipe's freshly built network, and returns what
+    the sidecar records of the start: its name, sha256 and the commands that trained it. None
+    without ``init``. The optimizer and its schedule start afresh: a warm restart."""
+    if not init:
+        return None
+    from models.card import commands_of
+    from models.registry import load_checked, resolve
+
+    spec = resolve(init, task)
+    source = load_checked(spec)
+    try:
+        base.set_weights(source.get_weights())
+    except ValueError as e:
+        raise ValueError(f"--init {init}: its network is not the one this recipe builds (give its --arch, "
+                         f"--widths and classes): {e}") from None
+    record = json.loads(Path(spec.path).with_suffix(".json").read_text())
+    LOG.info("starting from %s (sha256 %s)", spec.name, spec.sha256[:12])
+    return {"name": spec.name, "sha256": spec.sha256, "commands": commands_of(record)}
+
+
 def _wrap_adversarial(base, args: argparse.Namespace):
     """``base`` itself, or the adversarial training wrapper around it."""
     if not args.adv_multiplier:
@@ -273,6 +295,7 @@ def train_emotion(args: argparse.Namespace) -> dict:
 
     steps = int(np.ceil(len(x_tr) / args.batch_size))
     base = emotion_net(num_classes=len(classes), arch=args.arch, widths=tuple(args.widths), dropout=args.dropout)
+    init = warm_start(base, args.init, "emotion")
     model = _wrap_adversarial(base, args)
     model.compile(
         optimizer=keras.optimizers.AdamW(cosine_schedule(args.lr, steps, args.epochs, 1.0),
@@ -291,7 +314,7 @@ def train_emotion(args: argparse.Namespace) -> dict:
         "task": "emotion", "classes": list(classes), "input": [48, 48, 1], "template": list(fdata.FER_TEMPLATE), "params": model.count_params(),
         "command": args.command, "recipe": args.recipe, "train_faces": int(len(x_tr)),
         "train_seconds_this_sitting": round(seconds, 1), "train_seconds": train_seconds(history), "history": history,
-        "sittings": read_sittings(Path(args.workdir)),
+        "sittings": read_sittings(Path(args.workdir)), **({"init": init} if init else {}),
         **emotion_record(model, test, classes, args.adv_step),
     }
     write_outputs(best, Path(args.out), args.name, record)
@@ -337,6 +360,7 @@ def train_age_gender(args: argparse.Namespace) -> dict:
     steps = int(np.ceil(len(tr) / args.batch_size))
     base = age_gender_net(input_size=args.size, arch=args.arch, widths=tuple(args.widths), dropout=args.dropout,
                           mean_age=float(utk.age[tr].mean()))
+    init = warm_start(base, args.init, "age-gender")
     model = _wrap_adversarial(base, args)
     model.compile(
         optimizer=keras.optimizers.AdamW(cosine_schedule(args.lr, steps, args.epochs, 1.0),
@@ -359,7 +383,7 @@ def train_age_gender(args: argparse.Namespace) -> dict:
         "task": "age-gender", "input": [args.size, args.size, 3], "template": list(fdata.UTK_TEMPLATE), "params": model.count_params(),
         "command": args.command, "recipe": args.recipe, "train_faces": int(len(tr)),
         "train_seconds_this_sitting": round(seconds, 1), "train_seconds": train_seconds(history), "history": history,
-        "sittings": read_sittings(Path(args.workdir)),
+        "sittings": read_sittings(Path(args.workdir)), **({"init": init} if init else {}),
         "validation": age_gender_report(utk.age[va], utk.gender[va], age, p_female, utk.race[va]),
         "validation_tta": age_gender_report(utk.age[va], utk.gender[va], age_t, p_t, utk.race[va]),
     }
@@ -391,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--dropout", type=float, default=defaults["dropout"], help="dropout before the head")
         s.add_argument("--arch", default="vgg", choices=("vgg", "small", "resnet"), help="backbone")
         s.add_argument("--widths", type=int, nargs="+", default=defaults["widths"], help="filters per block")
+        s.add_argument("--init", default=None,
+                       help="start from this model's weights (a name in models/weights, or a .keras path with its "
+                            "sidecar) with a fresh schedule: a warm restart of a finished model; same network")
         s.add_argument("--no_augment", action="store_true", help="train without augmentation")
         s.add_argument("--seed", type=int, default=1, help="random seed (data order, init, augmentation)")
         s.add_argument("--threads", type=int, default=0, help="TF intra-op threads (0: all cores)")

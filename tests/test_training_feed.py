@@ -167,7 +167,7 @@ def test_card_names_each_sitting_and_renders_the_search_table(tmp_path):
     text = card._sittings(rec)
     assert text.startswith("Trained in epochs 1-") and "Keras backend" in text
     assert "not recorded" in card._sittings({"train_seconds_this_sitting": 60.0})
-    assert card._commands(rec) == [rec["command"]] and card._epochs_trained(rec).startswith(
+    assert card.commands_of(rec) == [rec["command"]] and card._epochs_trained(rec).startswith(
         f"Epochs trained: {len(rec['history'])} of the {rec['recipe']['epochs']}-epoch schedule")
 
     # A run whose schedule was extended names both commands, both schedules and the restart.
@@ -175,14 +175,14 @@ def test_card_names_each_sitting_and_renders_the_search_table(tmp_path):
     extended = {"command": long, "recipe": {"epochs": 3}, "history": [{}] * 3, "sittings": [
         {"epochs": [0, 2], "schedule": 2, "command": short, "seconds": 60.0, "device": "cpu", "backend": "tensorflow"},
         {"epochs": [2, 3], "schedule": 3, "command": long, "seconds": 30.0, "device": "cpu", "backend": "tensorflow"}]}
-    assert card._commands(extended) == [short, long]
+    assert card.commands_of(extended) == [short, long]
     assert card._epochs_trained(extended).startswith("Epochs trained: 3, in schedules of 2, then 3 epochs")
     assert "epochs 3-3 of a 3-epoch schedule in 0.5 min" in card._sittings(extended)
     # Resumed in a copy of the first run's workdir: the copy is part of the recipe.
     copied = {**extended, "command": long + " --workdir 'runs/b c'", "sittings": [
         {**extended["sittings"][0], "command": short + " --workdir runs/a"},
         {**extended["sittings"][1], "command": long + " --workdir 'runs/b c'"}]}
-    assert card._commands(copied) == [short + " --workdir runs/a", "cp -r runs/a 'runs/b c'",
+    assert card.commands_of(copied) == [short + " --workdir runs/a", "cp -r runs/a 'runs/b c'",
                                       long + " --workdir 'runs/b c'"]
     table = {"task": "emotion", "epochs": 2, "grid": {"lr": [0.001], "widths": [[4, 8]], "dropout": [0.3]},
              "train_args": [], "rows": [{"name": "x", "lr": 0.001, "widths": [4, 8], "dropout": 0.3, "accuracy": 0.5,
@@ -191,3 +191,36 @@ def test_card_names_each_sitting_and_renders_the_search_table(tmp_path):
     lines = card._search(table)
     assert lines[0] == "## Hyperparameter search"
     assert "| 0.001 | 4-8 | 0.3 | 50.0% | 0.400 | - | 0.200 | 0.100 | 2.0 |" in lines
+
+
+def test_warm_start_copies_a_models_weights_and_the_card_lists_its_commands_first(tmp_path):
+    from models import card
+    from models.networks import emotion_net
+    from models.registry import sha256_of
+    from models.train import warm_start
+
+    first = emotion_net(num_classes=7, widths=(4, 8), dropout=0.3)
+    path = tmp_path / "first.keras"
+    first.save(path)
+    trained_by = "python -m models.train emotion --epochs 2 --widths 4 8 --workdir runs/a --out x --name first"
+    (tmp_path / "first.json").write_text(json.dumps({
+        "task": "emotion", "sha256": sha256_of(path), "input": [48, 48, 1], "template": [0.37, 0.38],
+        "command": trained_by, "sittings": []}))
+    assert warm_start(None, None, "emotion") is None
+
+    fresh = emotion_net(num_classes=7, widths=(4, 8), dropout=0.3)
+    assert any(np.any(a != b) for a, b in zip(fresh.get_weights(), first.get_weights()))
+    start = warm_start(fresh, str(path), "emotion")
+    assert start == {"name": "first", "sha256": sha256_of(path), "commands": [trained_by]}
+    for a, b in zip(fresh.get_weights(), first.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="--init .*not the one this recipe builds"):
+        warm_start(emotion_net(num_classes=7, widths=(4, 16), dropout=0.3), str(path), "emotion")
+
+    # the fine-tuned model's card: the start's commands, then its own
+    tuned = {"command": f"python -m models.train emotion --init {path} --epochs 3 --widths 4 8", "history": [{}] * 3,
+             "recipe": {"epochs": 3}, "init": start, "sittings": []}
+    assert card.commands_of(tuned) == [trained_by, tuned["command"]]
+    assert card._epochs_trained(tuned).startswith("Started from the weights of first (sha256 ")
+    assert card._epochs_trained(tuned).endswith("Epochs trained: 3 of the 3-epoch schedule, the best on the "
+                                                "validation data kept.")
