@@ -196,7 +196,7 @@ def to_markdown(results: dict) -> str:
         lines += [row(f"{label}: images/s", lambda r, m=mode: r[m]["images_per_s"]),
                   row(f"{label}: frames/s", lambda r, m=mode: r[m]["frames_per_s"]),
                   row(f"{label}: peak RSS MiB", lambda r, m=mode: r[m]["peak_rss_mib"], 0)]
-    lines += [row("model time per face, pipeline (batched) ms",
+    lines += [row("model time per face, pipeline (batched, beside the detector thread) ms",
                   lambda r: 1000 * r["pipeline"]["inside"]["model calls"] / r["pipeline"]["faces"], 1),
               row("model time per face, sequential (one call per face and model) ms",
                   lambda r: 1000 * r["sequential"]["stages"]["infer"] / r["sequential"]["faces"], 1),
@@ -227,8 +227,8 @@ def to_markdown(results: dict) -> str:
         "\nEach mode runs in its own process, one after the other, so each meets its own background load: "
         "a CPU share well below the process's usual one means it waited for the CPU, and ratios of "
         "seconds between modes then move by tens of percent. The CPU-second rows compare the work done, "
-        "and the last ratio compares the pipeline with the decode and detector time measured inside the "
-        "same run.\n")
+        "and the last two ratios compare the pipeline with the decode and detector time, and with the "
+        "detector's time alone, measured inside the same run.\n")
     return "".join(lines)
 
 
