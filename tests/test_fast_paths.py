@@ -170,6 +170,7 @@ def test_runtime_choice(shipped_specs, monkeypatch, caplog):
     with pytest.raises(RuntimeError, match="converter missing"):
         FaceModelHandler(*shipped_specs, runtime="litert").load_model()
 
+
 def test_cached_conversion_runs_without_loading_keras(loaded_models, shipped_specs, monkeypatch):
     from models import handler as handler_module
     from models.handler import FaceModelHandler

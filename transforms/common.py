@@ -7,8 +7,8 @@ from apache_beam.metrics import Metrics
 
 from transforms.records import ErrorRecord
 
-__all__ = ["NAMESPACE", "count", "exception_message", "DeadLettersToErrors", "FailedSources", "WithholdFailedSources", "withhold_failed",
-           "source_uris_of"]
+__all__ = ["NAMESPACE", "count", "exception_message", "DeadLettersToErrors", "FailedSources", "WithholdFailedSources",
+           "withhold_failed", "source_uris_of"]
 
 NAMESPACE = "facebeam"
 

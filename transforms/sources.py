@@ -389,7 +389,8 @@ class _DecodeFn(beam.DoFn):
         try:
             yield from self._decode(task)
         finally:
-            # Frames are detected as they are yielded (fused stages), so the file is done here.
+            # Frames go on to detection as they are yielded (fused stages; the detector thread is at most
+            # a frame behind), so the file is done here.
             if task.last:
                 progress.file_done()
 
