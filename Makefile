@@ -23,7 +23,7 @@ test: install
 	$(BIN)/python -m pytest -q tests
 
 bench: install
-	$(BIN)/python -m bench.run --n 100
+	$(BIN)/python -m bench.run --n 100 --repeat 3 --repeat_modes pipeline,detection
 	$(BIN)/python -m bench.models
 
 clean:
