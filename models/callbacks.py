@@ -10,7 +10,7 @@ from pathlib import Path
 
 import keras
 
-__all__ = ["KeepBest", "EpochSeconds", "SittingLog"]
+__all__ = ["KeepBest", "EpochSeconds", "SittingLog", "EpochWeights"]
 
 
 class KeepBest(keras.callbacks.Callback):
@@ -76,3 +76,20 @@ class SittingLog(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.seconds = time.time() - self._start
+
+
+class EpochWeights(keras.callbacks.Callback):
+    """Keeps the weights of ``target`` (default: the model being fitted) at the end of every epoch
+    from (1-based) epoch ``first`` on, at ``models.swa.snapshot_path(workdir, epoch)``."""
+
+    def __init__(self, workdir: str | Path, first: int, target: keras.Model | None = None):
+        super().__init__()
+        self.workdir, self.first, self.target = Path(workdir), first, target
+
+    def on_epoch_end(self, epoch, logs=None):
+        from models.swa import snapshot_path
+
+        if epoch + 1 >= self.first:
+            path = snapshot_path(self.workdir, epoch + 1)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            (self.target or self.model).save_weights(path)
