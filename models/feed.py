@@ -1,8 +1,10 @@
 """Training batches from in-memory arrays, for every Keras backend (TensorFlow, JAX, PyTorch).
 
 Images stay uint8 in memory and become float32 one batch at a time, so a data set costs its own
-bytes, not four times them. The order is reshuffled each epoch from a seeded generator, and
-training batches are augmented on the host (``models.augment``) by ``workers`` threads.
+bytes, not four times them. Each epoch has its own order and augmentation, drawn from the seed and
+the epoch's number alone, so a run resumed at epoch k (``start_at``) sees what it would have seen
+had it never stopped. Training batches are augmented on the host (``models.augment``) by
+``workers`` threads.
 """
 
 from __future__ import annotations
@@ -38,9 +40,8 @@ class Batches(keras.utils.PyDataset):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         self.x, self.y, self.batch_size, self.shuffle, self.augment = x, y, batch_size, shuffle, augment
-        self.seed, self.epoch = seed, 0
-        self._rng = np.random.default_rng(seed)
-        self._order = self._rng.permutation(n) if shuffle else np.arange(n)
+        self.seed = seed
+        self.start_at(0)
 
     def __len__(self) -> int:
         return -(-len(self.x) // self.batch_size)
@@ -55,7 +56,11 @@ class Batches(keras.utils.PyDataset):
             return x, {k: v[idx] for k, v in self.y.items()}
         return x, self.y[idx]
 
+    def start_at(self, epoch: int) -> None:
+        """Makes the next batches those of (0-based) ``epoch``: where a resumed run starts."""
+        self.epoch = epoch
+        n = len(self.x)
+        self._order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+
     def on_epoch_end(self) -> None:
-        self.epoch += 1
-        if self.shuffle:
-            self._order = self._rng.permutation(len(self.x))
+        self.start_at(self.epoch + 1)

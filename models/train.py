@@ -109,6 +109,10 @@ def fit_resumable(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: 
         LOG.info("%s: all %d epochs trained; using its kept model", workdir, epochs)
         return best, 0.0
     seen = [h[monitor] for h in history if monitor in h] if best.exists() else []
+    # BackupAndRestore resumes the weights and the optimizer at epoch len(history); the batches too,
+    # or every sitting would start over with the first epoch's order and augmented faces.
+    if hasattr(train_ds, "start_at"):
+        train_ds.start_at(len(history))
     sitting = SittingLog(workdir / "sittings.jsonl", _sitting_line(len(history), epochs, command))
     callbacks = [
         # Kept after the last epoch, so that a sitting ended by --stop_after can be resumed.

@@ -86,6 +86,40 @@ def test_batches_cover_every_row_once_per_epoch_in_a_new_order():
     assert plain[0][0][:, 0].tolist() == [0, 1, 2, 3]
 
 
+def test_batches_started_at_an_epoch_are_that_epochs_as_a_run_that_never_stopped(tmp_path):
+    from models.feed import Batches
+    from models.networks import emotion_net
+    from models.train import fit_resumable
+
+    x = _faces(n=10, size=48, channels=1)
+    y = np.eye(7, dtype=np.float32)[np.arange(10) % 7]
+
+    def epoch(batches):
+        return [batches[i][0] for i in range(len(batches))]
+
+    through = Batches(x, y, batch_size=4, shuffle=True, seed=3, augment=AUGMENTATION["emotion"])
+    first = epoch(through)
+    through.on_epoch_end()
+    through.on_epoch_end()
+    resumed = Batches(x, y, batch_size=4, shuffle=True, seed=3, augment=AUGMENTATION["emotion"])
+    resumed.start_at(2)
+    for a, b in zip(epoch(through), epoch(resumed)):
+        np.testing.assert_array_equal(a, b)
+    assert not all(np.array_equal(a, b) for a, b in zip(first, epoch(resumed)))
+
+    # A run in two sittings ends its batches where one that never stopped does (the count is Keras's
+    # on_epoch_end calls, one more than the epochs: fit ends an epoch before its first).
+    def sittings(workdir, stops):
+        model = emotion_net(widths=(4, 8), dropout=0.0)
+        model.compile(optimizer="adam", loss="categorical_crossentropy")
+        for stop in stops:
+            data = Batches(x, y, batch_size=5, shuffle=True, seed=1)
+            fit_resumable(model, data, Batches(x, y, batch_size=5), 3, workdir, "val_loss", "min", stop_after=stop)
+        return data.epoch
+
+    assert sittings(tmp_path / "two", [2, 0]) == sittings(tmp_path / "one", [0]) > 3
+
+
 def test_batches_augment_only_when_asked_and_refuse_mismatched_targets():
     from models.feed import Batches
 
