@@ -24,11 +24,12 @@ import numpy as np
 from models import data as fdata
 from models.metrics import age_gender_report, classification_report, reliability_bins
 from models.registry import DEFAULT_MODELS, load_checked, resolve
+from models.tta import TTA_MODES, tta_mode
 
 __all__ = ["evaluate_emotion", "evaluate_age_gender", "main"]
 
 
-def evaluate_emotion(model, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], tta: bool = False,
+def evaluate_emotion(model, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], tta: bool | str = False,
                      temperature: float | None = None, perturb: float = 0.0):
     """(report dict, probabilities (N, C)) for uint8 (N, 48, 48) faces and int labels.
 
@@ -43,6 +44,7 @@ def evaluate_emotion(model, images: np.ndarray, labels: np.ndarray, classes: tup
 
         probs = apply_temperature(probs, temperature)
     report = classification_report(labels, probs, classes)
+    report["tta"] = tta_mode(tta)
     if temperature is not None:
         report["temperature"] = temperature
     if perturb:
@@ -53,12 +55,14 @@ def evaluate_emotion(model, images: np.ndarray, labels: np.ndarray, classes: tup
     return report, probs
 
 
-def evaluate_age_gender(model, data: fdata.UtkData, tta: bool = False):
+def evaluate_age_gender(model, data: fdata.UtkData, tta: bool | str = False):
     """(report dict, predicted ages (N,), P(female) (N,))."""
     from models.train import age_gender_predict
 
     age, p_female = age_gender_predict(model, data.images, tta=tta)
-    return age_gender_report(data.age, data.gender, age, p_female, data.race), age, p_female
+    report = age_gender_report(data.age, data.gender, age, p_female, data.race)
+    report["tta"] = tta_mode(tta)
+    return report, age, p_female
 
 
 def _plot_emotion(report: dict, labels, probs, classes, directory: Path) -> list[Path]:
@@ -156,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="shipped model name or .keras path (default: the shipped one)")
     p.add_argument("--split", choices=("all", "validation", "train"), default="all",
                    help="age-gender: every face, or the held-back validation split (hash of the file name)")
-    p.add_argument("--tta", action="store_true", help="average with the mirrored faces")
+    p.add_argument("--tta", nargs="?", const="flip", default="none", choices=TTA_MODES,
+                   help="test-time augmentation: 'flip' (the default of a bare --tta) averages with the mirrored "
+                        "faces, 'multi' with zoomed copies too (6 views)")
     p.add_argument("--temperature", type=float, default=None,
                    help="emotion: divide log-probabilities by this fitted temperature (python -m models.calibration)")
     p.add_argument("--perturb", type=float, default=0.0, metavar="EPS",

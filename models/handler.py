@@ -16,6 +16,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from models.registry import ModelSpec, load_checked, verify
+from models.tta import tta_mode, views
 
 __all__ = ["FaceModels", "FaceAttributes", "FaceModelHandler", "RUNTIMES"]
 
@@ -45,7 +46,7 @@ class FaceModels:
     emotion_temperature: float = 1.0
     # (emotion, age_gender) as models.litert.LiteModel, or None to run them with TensorFlow.
     lite: tuple | None = None
-    # The traced forward passes, one per flip_tta value, built on first use in the process that predicts.
+    # The traced forward pass, built on first use in the process that predicts.
     _graphs: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
@@ -62,35 +63,33 @@ class FaceModels:
         """The age + gender Keras model."""
         return _keras(self.age_gender_source)
 
-    def predict(self, x_emotion: np.ndarray, x_age: np.ndarray, flip_tta: bool = False):
-        """(emotion (N, 7), age (N,), P(female) (N,)) for float32 (N, S, S, 1) and (N, S, S, 3) pixels."""
+    def predict(self, x_emotion: np.ndarray, x_age: np.ndarray, tta: bool | str = "none"):
+        """(emotion (N, 7), age (N,), P(female) (N,)) for float32 (N, S, S, 1) and (N, S, S, 3) pixels;
+        with ``tta`` (``models.tta``: "flip", "multi", or True for "flip"), averaged over the views."""
         x_emotion, x_age = np.asarray(x_emotion, np.float32), np.asarray(x_age, np.float32)
-        if self.lite is not None:
-            return self._predict_lite(x_emotion, x_age, flip_tta)
-        graph = self._graphs.get(flip_tta) or self._graphs.setdefault(flip_tta, self._trace(flip_tta))
-        emotion, age, p_female = graph(x_emotion, x_age)
+        one_view = self._predict_lite if self.lite is not None else self._predict_tf
+        outputs = [one_view(e, a) for e, a in zip(views(x_emotion, tta), views(x_age, tta))]
+        if len(outputs) == 1:
+            return outputs[0]
+        return tuple(np.mean([o[k] for o in outputs], axis=0, dtype=np.float32) for k in range(3))
+
+    def _predict_tf(self, x_emotion, x_age):
+        graph = self._graphs.get("forward") or self._graphs.setdefault("forward", self._trace())
+        emotion, age, p_female = graph(np.ascontiguousarray(x_emotion), np.ascontiguousarray(x_age))
         return emotion.numpy(), age.numpy(), p_female.numpy()
 
-    def _predict_lite(self, x_emotion, x_age, flip_tta):
-        """``predict`` with the LiteRT models: the traced graph's arithmetic, in numpy."""
+    def _predict_lite(self, x_emotion, x_age):
+        """``_predict_tf`` with the LiteRT models: the traced graph's arithmetic, in numpy."""
         from models.calibration import apply_temperature
 
         emotion_model, age_model = self.lite
+        probs = emotion_model(np.ascontiguousarray(x_emotion))
+        if self.emotion_temperature != 1.0:
+            probs = apply_temperature(probs, self.emotion_temperature).astype(np.float32)
+        out = age_model(np.ascontiguousarray(x_age))
+        return probs, out["age"][:, 0], out["gender"][:, 0]
 
-        def one_view(xe, xa):
-            probs = emotion_model(xe)
-            if self.emotion_temperature != 1.0:
-                probs = apply_temperature(probs, self.emotion_temperature).astype(np.float32)
-            out = age_model(xa)
-            return probs, out["age"][:, 0], out["gender"][:, 0]
-
-        emotion, age, p_female = one_view(x_emotion, x_age)
-        if flip_tta:
-            f_emotion, f_age, f_female = one_view(x_emotion[:, :, ::-1], x_age[:, :, ::-1])
-            emotion, age, p_female = (emotion + f_emotion) / 2, (age + f_age) / 2, (p_female + f_female) / 2
-        return emotion, age, p_female
-
-    def _trace(self, flip_tta: bool):
+    def _trace(self):
         """Both models as one TensorFlow graph for any batch size.
 
         Called eagerly, Keras runs each layer from Python: for batches of a few faces that costs
@@ -112,15 +111,8 @@ class FaceModels:
             return tf.nn.softmax(tf.math.log(tf.maximum(probs, 1e-12)) / temperature, axis=-1)
 
         def forward(x_emotion, x_age):
-            emotion = emotion_probs(x_emotion)
             out = self.age_gender(x_age, training=False)
-            age, p_female = out["age"][:, 0], out["gender"][:, 0]
-            if flip_tta:
-                emotion = (emotion + emotion_probs(tf.reverse(x_emotion, [2]))) / 2
-                flipped = self.age_gender(tf.reverse(x_age, [2]), training=False)
-                age = (age + flipped["age"][:, 0]) / 2
-                p_female = (p_female + flipped["gender"][:, 0]) / 2
-            return emotion, age, p_female
+            return emotion_probs(x_emotion), out["age"][:, 0], out["gender"][:, 0]
 
         return tf.function(forward, input_signature=spec)
 
@@ -159,7 +151,9 @@ class FaceModelHandler(ModelHandler[tuple, PredictionResult, FaceModels]):
       emotion: spec of the emotion model (input (S, S, 1) grey).
       age_gender: spec of the age + gender model (input (S, S, 3) RGB).
       min_batch_size / max_batch_size: RunInference's batching bounds.
-      flip_tta: average each prediction with that of the mirrored face.
+      tta: test-time augmentation (``models.tta``): "none", "flip" (the face and its mirror image) or
+        "multi" (those zoomed in and out too: 6 views); True means "flip". Each view is one more
+        pass of both models.
       large_model: share one copy of the models between the processes of a worker.
       model_copies: how many copies to load when shared (e.g. one per GPU).
       tf_threads: TensorFlow intra/inter-op threads per process (0: TF's default), and LiteRT's
@@ -172,7 +166,7 @@ class FaceModelHandler(ModelHandler[tuple, PredictionResult, FaceModels]):
     """
 
     def __init__(self, emotion: ModelSpec, age_gender: ModelSpec, min_batch_size: int = 1,
-                 max_batch_size: int = 64, flip_tta: bool = False, large_model: bool = False,
+                 max_batch_size: int = 64, tta: bool | str = "none", large_model: bool = False,
                  model_copies: int | None = None, tf_threads: int = 0, calibrate: bool = True,
                  runtime: str = "auto"):
         super().__init__()
@@ -183,7 +177,7 @@ class FaceModelHandler(ModelHandler[tuple, PredictionResult, FaceModels]):
         self._emotion = emotion
         self._age_gender = age_gender
         self._batching = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
-        self._flip_tta = flip_tta
+        self._tta = tta_mode(tta)
         self._large_model = large_model
         self._model_copies = model_copies
         self._tf_threads = tf_threads
@@ -233,8 +227,8 @@ class FaceModelHandler(ModelHandler[tuple, PredictionResult, FaceModels]):
         x_age = np.stack([b[1] for b in batch]).astype(np.float32)
         if x_emotion.ndim == 3:
             x_emotion = x_emotion[..., None]
-        # 2. run both models (mirrored too, with TTA)
-        emotion, age, p_female = model.predict(x_emotion, x_age, self._flip_tta)
+        # 2. run both models (on each view, with TTA)
+        emotion, age, p_female = model.predict(x_emotion, x_age, self._tta)
         # 3. one result per face
         return [
             PredictionResult(None, FaceAttributes(emotion[i].astype(np.float32), float(age[i]), float(p_female[i])),

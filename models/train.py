@@ -205,13 +205,13 @@ def write_outputs(model_path: Path, out: Path, name: str, record: dict) -> Path:
     return target
 
 
-def emotion_predict(model, images: np.ndarray, tta: bool, batch_size: int = 256) -> np.ndarray:
-    """Softmax (N, C) for uint8 (N, 48, 48) faces; with ``tta``, averaged with the mirrored faces."""
-    x = images[..., None].astype(np.float32)
-    probs = model.predict(x, batch_size=batch_size, verbose=0)
-    if tta:
-        probs = (probs + model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0)) / 2
-    return probs
+def emotion_predict(model, images: np.ndarray, tta: bool | str, batch_size: int = 256) -> np.ndarray:
+    """Softmax (N, C) for uint8 (N, 48, 48) faces; with ``tta`` (``models.tta``: True or "flip", or
+    "multi"), averaged over the views."""
+    from models.tta import views
+
+    return np.mean([model.predict(v[..., None].astype(np.float32), batch_size=batch_size, verbose=0)
+                    for v in views(images, tta)], axis=0)
 
 
 def warm_start(base, init: str | None, task: str) -> dict | None:
@@ -379,15 +379,13 @@ def train_seconds(history: list[dict]) -> float | None:
     return round(sum(times), 1) if times and len(times) == len(history) else None
 
 
-def age_gender_predict(model, images: np.ndarray, tta: bool = False, batch_size: int = 256):
-    """(age years (N,), P(female) (N,)) for uint8 RGB (N, S, S, 3) faces."""
-    x = images.astype(np.float32)
-    out = model.predict(x, batch_size=batch_size, verbose=0)
-    age, gender = out["age"][:, 0], out["gender"][:, 0]
-    if tta:
-        flipped = model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0)
-        age, gender = (age + flipped["age"][:, 0]) / 2, (gender + flipped["gender"][:, 0]) / 2
-    return age, gender
+def age_gender_predict(model, images: np.ndarray, tta: bool | str = False, batch_size: int = 256):
+    """(age years (N,), P(female) (N,)) for uint8 RGB (N, S, S, 3) faces; with ``tta``, averaged over
+    the views (``models.tta``)."""
+    from models.tta import views
+
+    outs = [model.predict(v.astype(np.float32), batch_size=batch_size, verbose=0) for v in views(images, tta)]
+    return (np.mean([o["age"][:, 0] for o in outs], axis=0), np.mean([o["gender"][:, 0] for o in outs], axis=0))
 
 
 def train_age_gender(args: argparse.Namespace) -> dict:

@@ -23,6 +23,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from models.handler import RUNTIMES, FaceModelHandler
 from models.registry import DEFAULT_MODELS, resolve
+from models.tta import TTA_MODES
 from transforms import progress
 from transforms.annotate import Annotate
 from transforms.common import WithholdFailedSources
@@ -86,8 +87,10 @@ class AnalyzeOptions(PipelineOptions):
                        help="shipped model name or .keras path")
         g.add_argument("--min_batch_size", type=int, default=1, help="smallest RunInference batch")
         g.add_argument("--max_batch_size", type=int, default=64, help="largest RunInference batch")
-        g.add_argument("--flip_tta", action="store_true", default=False,
-                       help="average predictions with the mirrored face (twice the model cost)")
+        g.add_argument("--tta", choices=TTA_MODES, default="none",
+                       help="test-time augmentation: 'flip' averages each face's predictions with its mirror "
+                            "image's (2x the model cost), 'multi' with zoomed copies too (6x)")
+        g.add_argument("--flip_tta", action="store_true", default=False, help="the same as --tta flip")
         g.add_argument("--no_calibration", action="store_true", default=False,
                        help="emotion probabilities as the network gives them, without its fitted temperature")
         g.add_argument("--large_model", action="store_true", default=False,
@@ -170,7 +173,8 @@ def run(argv: list[str] | None = None, test_pipeline=None):
     output = a.output if opts.view_as(TestOptions).dry_run else _prepare_output(a.output, a.overwrite)
     emotion = resolve(a.emotion_model, "emotion")
     age_gender = resolve(a.age_gender_model, "age-gender")
-    handler = FaceModelHandler(emotion, age_gender, a.min_batch_size, a.max_batch_size, a.flip_tta,
+    handler = FaceModelHandler(emotion, age_gender, a.min_batch_size, a.max_batch_size,
+                               "flip" if a.flip_tta and a.tta == "none" else a.tta,
                                a.large_model, a.model_copies, a.tf_threads, calibrate=not a.no_calibration,
                                runtime=a.model_runtime)
     run_id = a.run_id or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]

@@ -1,0 +1,71 @@
+"""Test-time augmentation views (``models.tta``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.tta import TTA_MODES, tta_mode, views
+
+
+def _faces(shape, dtype=np.uint8, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, shape).astype(dtype)
+
+
+@pytest.mark.parametrize("shape", [(3, 48, 48), (3, 48, 48, 1), (2, 64, 64, 3)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_views_of_each_mode(shape, dtype):
+    faces = _faces(shape, dtype)
+    (plain,) = views(faces, "none")
+    assert plain is faces or np.array_equal(plain, faces)
+    face, mirrored = views(faces, "flip")
+    np.testing.assert_array_equal(face, faces)
+    np.testing.assert_array_equal(mirrored, faces[:, :, ::-1])
+    multi = views(faces, "multi")
+    assert len(multi) == 6 and all(v.shape == faces.shape and v.dtype == faces.dtype for v in multi)
+    np.testing.assert_array_equal(multi[0], faces)
+    np.testing.assert_array_equal(multi[1], faces[:, :, ::-1])
+    for zoomed, mirror in zip(multi[2::2], multi[3::2]):
+        assert not np.array_equal(zoomed, faces)
+        np.testing.assert_array_equal(mirror, zoomed[:, :, ::-1])
+    assert not np.array_equal(multi[2], multi[4])  # zoomed in, zoomed out
+    assert [len(v) for v in views(faces[:0], "multi")] == [0] * 6
+
+
+def test_zoom_scales_about_the_centre():
+    # a bright square in the middle of a dark face: 8% larger zoomed in, 8% smaller zoomed out
+    faces = np.zeros((1, 48, 48), np.uint8)
+    faces[0, 12:36, 12:36] = 255
+    _, _, zoom_out, _, zoom_in, _ = views(faces, "multi")
+    side = lambda v: (v[0] > 127).any(axis=0).sum()  # noqa: E731
+    assert side(zoom_out) == round(24 * 0.92) and side(zoom_in) == round(24 * 1.08)
+    assert (zoom_in[0] > 127)[24, 24] and (zoom_out[0] > 127)[24, 24]
+
+
+def test_modes_and_their_errors():
+    assert TTA_MODES == ("none", "flip", "multi")
+    assert tta_mode(True) == "flip" and tta_mode(False) == "none" and tta_mode("multi") == "multi"
+    with pytest.raises(ValueError, match="must be one of"):
+        tta_mode("mirror")
+    with pytest.raises(ValueError, match="need faces"):
+        views(np.zeros((48, 48)), "flip")
+
+
+def test_the_pipeline_option_reaches_the_model_handler(monkeypatch, tmp_path):
+    from pipelines import analyze
+
+    class Built(Exception):
+        pass
+
+    def build(p, patterns, output, handler, *args, **kwargs):
+        raise Built(handler._tta)
+
+    monkeypatch.setattr(analyze, "build", build)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(b"not read")
+    for i, (argv, want) in enumerate(((["--tta", "multi"], "multi"), (["--flip_tta"], "flip"), ([], "none"))):
+        with pytest.raises(Built) as built:
+            analyze.run(["--input", str(tmp_path / "in"), "--output", str(tmp_path / f"out{i}"), *argv])
+        assert built.value.args == (want,)
+    with pytest.raises(SystemExit):
+        analyze.run(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "bad"), "--tta", "mirror"])
