@@ -50,21 +50,25 @@ def _history_table(history: list[dict], keys: list[str]) -> list[str]:
 
 
 def _emotion_figures(rec: dict) -> list[str]:
-    plain, tta = rec["public_test"], rec["public_test_tta"]
+    plain = rec["public_test"]
+    # Test-time augmentation columns (models.tta); records from before the multi mode have only flip.
+    scored = [plain, rec["public_test_tta"], *([rec["public_test_tta_multi"]] if "public_test_tta_multi" in rec else [])]
+    blanks = " |" * (len(scored) - 1)
     lines = [
         "## Figures (FER2013 PublicTest, 3,589 faces)", "",
-        "| measure | value | with flip TTA |", "|---|---|---|",
-        f"| accuracy | {_pct(plain['accuracy'])} | {_pct(tta['accuracy'])} |",
-        f"| macro F1 | {plain['macro_f1']:.3f} | {tta['macro_f1']:.3f} |",
-        f"| ECE (15 bins) | {plain['ece']:.3f} | {tta['ece']:.3f} |",
+        "| measure | value | with flip TTA |" + (" with multi TTA (6 views) |" if len(scored) > 2 else ""),
+        "|---|---|---|" + "---|" * (len(scored) - 2),
+        "| accuracy | " + " | ".join(_pct(r["accuracy"]) for r in scored) + " |",
+        "| macro F1 | " + " | ".join(f"{r['macro_f1']:.3f}" for r in scored) + " |",
+        "| ECE (15 bins) | " + " | ".join(f"{r['ece']:.3f}" for r in scored) + " |",
     ]
     cal, fgsm = rec.get("calibration"), rec.get("public_test_fgsm")
     if cal and "ece_after_cross_fitted" in cal:
         # The pipeline applies this temperature (FaceModelHandler, unless --no_calibration).
         lines.append(f"| ECE with temperature {cal['temperature']:.2f} (cross-fitted halves) | "
-                     f"{cal['ece_after_cross_fitted']:.3f} | |")
+                     f"{cal['ece_after_cross_fitted']:.3f} |{blanks}")
     if fgsm:
-        lines.append(f"| accuracy under FGSM, eps {fgsm['eps']:g} | {_pct(fgsm['accuracy'])} | |")
+        lines.append(f"| accuracy under FGSM, eps {fgsm['eps']:g} | {_pct(fgsm['accuracy'])} |{blanks}")
     lines += [
         "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|",
     ]

@@ -277,7 +277,9 @@ def emotion_record(model, test: fdata.EmotionTargets, classes: tuple[str, ...], 
     calibration = calibration_record(probs, test.labels, test.filenames, "PublicTest")
     return {
         "public_test": classification_report(test.labels, probs, classes),
-        "public_test_tta": classification_report(test.labels, emotion_predict(model, test.images, tta=True), classes),
+        "public_test_tta": classification_report(test.labels, emotion_predict(model, test.images, tta="flip"), classes),
+        "public_test_tta_multi": classification_report(test.labels, emotion_predict(model, test.images, tta="multi"),
+                                                       classes),
         # Fitted on the faces the recipe selects on; ece_after_cross_fitted fits each half on the other.
         "temperature": calibration["temperature"],
         "calibration": calibration,

@@ -69,3 +69,22 @@ def test_the_pipeline_option_reaches_the_model_handler(monkeypatch, tmp_path):
         assert built.value.args == (want,)
     with pytest.raises(SystemExit):
         analyze.run(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "bad"), "--tta", "mirror"])
+
+
+def test_the_emotion_card_shows_the_multi_view_column_where_the_record_has_it():
+    from models import card
+
+    def scored(accuracy):
+        return {"accuracy": accuracy, "macro_f1": accuracy - 0.03, "ece": 0.05,
+                "per_class": {"happy": {"precision": 0.9, "recall": 0.8, "f1": 0.85, "support": 3}},
+                "confusion": [[3]]}
+
+    rec = {"public_test": scored(0.676), "public_test_tta": scored(0.679),
+           "public_test_fgsm": {"eps": 0.01, "accuracy": 0.08}}
+    lines = card._emotion_figures(rec)
+    assert "| measure | value | with flip TTA |" in lines and "| accuracy | 67.6% | 67.9% |" in lines
+    assert "| accuracy under FGSM, eps 0.01 | 8.0% | |" in lines
+    lines = card._emotion_figures({**rec, "public_test_tta_multi": scored(0.692)})
+    assert "| measure | value | with flip TTA | with multi TTA (6 views) |" in lines
+    assert "|---|---|---|---|" in lines and "| accuracy | 67.6% | 67.9% | 69.2% |" in lines
+    assert "| accuracy under FGSM, eps 0.01 | 8.0% | | |" in lines
