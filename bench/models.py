@@ -1,4 +1,5 @@
-"""What the models cost per face: each model alone and the handler's call, per runtime and batch size.
+"""What the models cost per face: each model alone and the handler's call (plain, and with each test-time
+augmentation mode of ``models.tta``), per runtime and batch size.
 
     python -m bench.models [--batch 1 --batch 64] [--repeat 20] [--out bench/models.json]
 
@@ -35,6 +36,7 @@ def _median_ms(fn, repeat: int) -> float:
 def measure(batches: list[int], repeat: int, runtimes: list[str]) -> list[dict]:
     from models.handler import FaceModelHandler
     from models.registry import default_specs
+    from models.tta import TTA_MODES
 
     specs = default_specs()
     rng = np.random.default_rng(0)
@@ -53,6 +55,9 @@ def measure(batches: list[int], repeat: int, runtimes: list[str]) -> list[dict]:
             x = [rng.uniform(0, 255, (batch, *spec.input_shape)).astype(np.float32) for spec in specs]
             both = _median_ms(lambda m=loaded, x=x: m.predict(*x), repeat)
             row = {"runtime": runtime, "batch": batch, "ms_per_face": round(both / batch, 3)}
+            for tta in TTA_MODES[1:]:
+                row[f"ms_per_face_tta_{tta}"] = round(
+                    _median_ms(lambda m=loaded, x=x, t=tta: m.predict(*x, t), repeat) / batch, 3)
             for spec, model, xi in zip(specs, alone, x):
                 row[f"{spec.name}_ms_per_face"] = round(_median_ms(lambda: model(xi), repeat) / batch, 3)
             rows.append(row)
@@ -63,15 +68,18 @@ def measure(batches: list[int], repeat: int, runtimes: list[str]) -> list[dict]:
 
 def to_markdown(results: dict) -> str:
     names = [k for k in results["rows"][0] if k.endswith("_ms_per_face")] if results["rows"] else []
+    ttas = [k for k in results["rows"][0] if k.startswith("ms_per_face_tta_")] if results["rows"] else []
     lines = ["# facebeam model cost\n\n",
              f"Machine: {results['machine']['cpus']} CPUs, Python {results['machine']['python']}, "
              f"TensorFlow {results['machine']['tensorflow']}; {results['when']}; the median of "
              f"{results['repeat']} calls on random pixels, after a warm-up call.\n\n",
              "| runtime | batch | both models (the handler's call), ms per face | "
+             + "".join(f"the same with --tta {k.rsplit('_', 1)[1]} | " for k in ttas)
              + " | ".join(n.replace("_ms_per_face", "") + " alone, ms per face" for n in names) + " |\n",
-             "|---|---:|---:|" + "---:|" * len(names) + "\n"]
+             "|---|---:|---:|" + "---:|" * (len(ttas) + len(names)) + "\n"]
     for r in results["rows"]:
         lines.append(f"| {r['runtime']} | {r['batch']} | {r['ms_per_face']:.2f} | "
+                     + "".join(f"{r[k]:.2f} | " for k in ttas)
                      + " | ".join(f"{r[n]:.2f}" for n in names) + " |\n")
     return "".join(lines)
 

@@ -150,5 +150,7 @@ def test_model_cost_table_has_a_row_per_runtime_and_batch(tmp_path, shipped_spec
         ("tensorflow", 1), ("tensorflow", 5), ("litert", 1), ("litert", 5)]
     for r in results["rows"]:
         assert r["ms_per_face"] > 0 and r[f"{emotion}_ms_per_face"] > 0 and r[f"{age_gender}_ms_per_face"] > 0
+        assert r["ms_per_face_tta_multi"] > r["ms_per_face"] and r["ms_per_face_tta_flip"] > 0
     table = out.with_suffix(".md").read_text()
     assert "| litert | 5 |" in table and f"{emotion} alone, ms per face" in table
+    assert "the same with --tta flip | the same with --tta multi |" in table
