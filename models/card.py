@@ -52,7 +52,7 @@ def _history_table(history: list[dict], keys: list[str]) -> list[str]:
 def _emotion_figures(rec: dict) -> list[str]:
     plain = rec["public_test"]
     # Test-time augmentation columns (models.tta); records from before the multi mode have only flip.
-    scored = [plain, rec["public_test_tta"], *([rec["public_test_tta_multi"]] if "public_test_tta_multi" in rec else [])]
+    scored = [plain, rec["public_test_tta"], *[rec[k] for k in ("public_test_tta_multi",) if k in rec]]
     blanks = " |" * (len(scored) - 1)
     lines = [
         "## Figures (FER2013 PublicTest, 3,589 faces)", "",

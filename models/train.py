@@ -364,7 +364,8 @@ def _swa_emotion(args: argparse.Namespace, best: Path, epochs: int, train_batche
     average_weights(average, list(paths.values()))
     seen = recalibrate_batch_norm(average, train_batches)
     record = {"from_epoch": args.swa_from, "epochs": sorted(paths), "batch_norm_faces": seen,
-              "accuracy": accuracy(average), "best_epoch_accuracy": accuracy(keras.models.load_model(best, compile=False))}
+              "accuracy": accuracy(average),
+              "best_epoch_accuracy": accuracy(keras.models.load_model(best, compile=False))}
     record["kept"] = "average" if record["accuracy"] > record["best_epoch_accuracy"] else "best epoch"
     LOG.info("weights of epochs %s averaged: PublicTest %.4f against %.4f for the best epoch; keeping the %s",
              record["epochs"], record["accuracy"], record["best_epoch_accuracy"], record["kept"])

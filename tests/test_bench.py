@@ -109,9 +109,11 @@ def test_pipeline_run_splits_its_time_between_the_stages_and_the_detector_thread
     assert r["model_runtime"] == "litert"
     stages = r["stages"]
     assert stages["detector thread: detector calls"] == r["inside"]["detector calls"] > 0
-    # alignment runs in the detector thread too, after the detector's own call
-    assert r["inside"]["detect + align"] > r["inside"]["detector calls"]
-    assert stages["detector thread: align + crop"] > 0
+    # alignment runs in the detector thread too, after the detector's own call (for one photo's few
+    # faces it can take under the half millisecond that the figures' rounding keeps)
+    assert r["inside"]["detect + align"] >= r["inside"]["detector calls"]
+    inside = r["inside"]
+    assert stages["detector thread: align + crop"] == round(inside["detect + align"] - inside["detector calls"], 3)
     assert "detect: waiting for the detector thread" in stages and "detect+align" not in stages
     assert r["inside"]["model calls"] > 0
 
