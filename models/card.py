@@ -213,7 +213,8 @@ def _epochs_trained(rec: dict) -> str:
 def _swa(swa: dict) -> str:
     """What weight averaging (``--swa_from``) gave, against the best single epoch."""
     epochs = swa["epochs"]
-    span = f"{epochs[0]}-{epochs[-1]}" if epochs == list(range(epochs[0], epochs[-1] + 1)) else ", ".join(map(str, epochs))
+    contiguous = epochs == list(range(epochs[0], epochs[-1] + 1))
+    span = f"{epochs[0]}-{epochs[-1]}" if contiguous else ", ".join(map(str, epochs))
     return (f"The weights of epochs {span} were averaged (stochastic weight averaging, `--swa_from "
             f"{swa['from_epoch']}`) and the batch-norm statistics recomputed on {swa['batch_norm_faces']:,} training "
             f"faces: PublicTest {swa['accuracy']:.1%} against {swa['best_epoch_accuracy']:.1%} for the best single "
@@ -248,7 +249,8 @@ def render(name: str, ablations: dict | None = None, search: dict | None = None)
         "```", *commands, "```", "",
         "| setting | value |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in rec["recipe"].items()], "",
-        f"{_epochs_trained(rec)}{' ' + _swa(rec['swa']) if rec.get('swa') else ''} The command resumes from the last finished epoch in its `--workdir`, so a run may take "
+        f"{_epochs_trained(rec)}{' ' + _swa(rec['swa']) if rec.get('swa') else ''} "
+        "The command resumes from the last finished epoch in its `--workdir`, so a run may take "
         "several sittings, on any Keras backend (TensorFlow on CPU, or `KERAS_BACKEND=jax` on a GPU). "
         f"{_sittings(rec)} Reproduce with the {'commands' if len(commands) > 1 else 'command'} above "
         "(seeded; thread scheduling and the backend make runs differ slightly).", "",

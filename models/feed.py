@@ -57,7 +57,9 @@ class Batches(keras.utils.PyDataset):
         return x, self.y[idx]
 
     def start_at(self, epoch: int) -> None:
-        """Makes the next batches those of (0-based) ``epoch``: where a resumed run starts."""
+        """Makes the next batches those drawn for ``epoch``, the count of ``on_epoch_end`` calls: where
+        a run resumed after ``epoch`` epochs starts (Keras's fit also ends an epoch before its first,
+        alike in every sitting, so the draws of a resumed run are those of one that never stopped)."""
         self.epoch = epoch
         n = len(self.x)
         self._order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
