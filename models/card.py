@@ -49,6 +49,12 @@ def _history_table(history: list[dict], keys: list[str]) -> list[str]:
     return lines
 
 
+def _tta_header(columns: int) -> list[str]:
+    """The header of a figures table: plain, flip TTA and (records from the multi mode on) multi TTA."""
+    return ["| measure | value | with flip TTA |" + (" with multi TTA (6 views) |" if columns > 2 else ""),
+            "|---|---|---|" + "---|" * (columns - 2)]
+
+
 def _emotion_figures(rec: dict) -> list[str]:
     plain = rec["public_test"]
     # Test-time augmentation columns (models.tta); records from before the multi mode have only flip.
@@ -56,8 +62,7 @@ def _emotion_figures(rec: dict) -> list[str]:
     blanks = " |" * (len(scored) - 1)
     lines = [
         "## Figures (FER2013 PublicTest, 3,589 faces)", "",
-        "| measure | value | with flip TTA |" + (" with multi TTA (6 views) |" if len(scored) > 2 else ""),
-        "|---|---|---|" + "---|" * (len(scored) - 2),
+        *_tta_header(len(scored)),
         "| accuracy | " + " | ".join(_pct(r["accuracy"]) for r in scored) + " |",
         "| macro F1 | " + " | ".join(f"{r['macro_f1']:.3f}" for r in scored) + " |",
         "| ECE (15 bins) | " + " | ".join(f"{r['ece']:.3f}" for r in scored) + " |",
@@ -83,15 +88,16 @@ def _emotion_figures(rec: dict) -> list[str]:
 
 
 def _age_gender_figures(rec: dict) -> list[str]:
-    v, t = rec["validation"], rec["validation_tta"]
+    v = rec["validation"]
+    scored = [v, rec["validation_tta"], *[rec[k] for k in ("validation_tta_multi",) if k in rec]]
     lines = [
         f"## Figures (UTKFace validation split, {v['n']} faces)", "",
         "The kept epoch was chosen on this split (lowest validation loss), as the emotion model's is on "
         "PublicTest, so the figures are slightly optimistic for unseen faces.", "",
-        "| measure | value | with flip TTA |", "|---|---|---|",
-        f"| age MAE (years) | {v['age_mae']:.2f} | {t['age_mae']:.2f} |",
-        f"| age-group accuracy | {_pct(v['age_group_accuracy'])} | {_pct(t['age_group_accuracy'])} |",
-        f"| gender accuracy | {_pct(v['gender_accuracy'])} | {_pct(t['gender_accuracy'])} |", "",
+        *_tta_header(len(scored)),
+        "| age MAE (years) | " + " | ".join(f"{r['age_mae']:.2f}" for r in scored) + " |",
+        "| age-group accuracy | " + " | ".join(_pct(r["age_group_accuracy"]) for r in scored) + " |",
+        "| gender accuracy | " + " | ".join(_pct(r["gender_accuracy"]) for r in scored) + " |", "",
         "Errors by group (the bias table):", "",
         "| group | faces | age MAE | gender accuracy |", "|---|---|---|---|",
     ]

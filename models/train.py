@@ -429,7 +429,8 @@ def train_age_gender(args: argparse.Namespace) -> dict:
     model = keras.models.load_model(best, compile=False)
     history = read_history(Path(args.workdir))
     age, p_female = age_gender_predict(model, utk.images[va])
-    age_t, p_t = age_gender_predict(model, utk.images[va], tta=True)
+    age_t, p_t = age_gender_predict(model, utk.images[va], tta="flip")
+    age_m, p_m = age_gender_predict(model, utk.images[va], tta="multi")
     record = {
         "task": "age-gender", "input": [args.size, args.size, 3], "template": list(fdata.UTK_TEMPLATE), "params": model.count_params(),
         "command": args.command, "recipe": args.recipe, "train_faces": int(len(tr)),
@@ -437,6 +438,7 @@ def train_age_gender(args: argparse.Namespace) -> dict:
         "sittings": read_sittings(Path(args.workdir)), **({"init": init} if init else {}),
         "validation": age_gender_report(utk.age[va], utk.gender[va], age, p_female, utk.race[va]),
         "validation_tta": age_gender_report(utk.age[va], utk.gender[va], age_t, p_t, utk.race[va]),
+        "validation_tta_multi": age_gender_report(utk.age[va], utk.gender[va], age_m, p_m, utk.race[va]),
     }
     write_outputs(best, Path(args.out), args.name, record)
     LOG.info("validation age MAE %.2f, gender %.4f", record["validation"]["age_mae"],

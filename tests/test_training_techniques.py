@@ -128,6 +128,7 @@ def test_adversarial_recipe_resumes_and_writes_a_plain_model(fer_dir, tmp_path):
     model = keras.models.load_model(tmp_path / "o" / "emotion.keras")  # no custom objects needed
     assert type(model).__name__ == "Functional" and model.name == "emotion"
     assert 0 <= record["public_test_fgsm"]["accuracy"] <= 1 and record["public_test_fgsm"]["eps"] == 0.01
+    assert record["public_test_tta_multi"]["n"] == record["public_test"]["n"] > 0
     calibration = record["calibration"]
     assert record["temperature"] == calibration["temperature"] > 0
     assert {"ece_before", "ece_after", "ece_after_cross_fitted"} <= set(calibration)
@@ -148,6 +149,7 @@ def test_adversarial_age_gender_recipe(tmp_path):
                        *TINY]) == 0
     record = json.loads((tmp_path / "o" / "age_gender.json").read_text())
     assert record["history"][0]["adversarial_loss"] > 0 and record["validation"]["n"] > 0
+    assert record["validation_tta_multi"]["n"] == record["validation_tta"]["n"] == record["validation"]["n"]
 
 
 def test_evaluate_reports_temperature_and_perturbed_accuracy(tmp_path, capsys):

@@ -88,3 +88,19 @@ def test_the_emotion_card_shows_the_multi_view_column_where_the_record_has_it():
     assert "| measure | value | with flip TTA | with multi TTA (6 views) |" in lines
     assert "|---|---|---|---|" in lines and "| accuracy | 67.6% | 67.9% | 69.2% |" in lines
     assert "| accuracy under FGSM, eps 0.01 | 8.0% | | |" in lines
+
+
+def test_the_age_gender_card_shows_the_multi_view_column_where_the_record_has_it():
+    from models import card
+
+    def scored(mae):
+        return {"n": 10, "age_mae": mae, "age_group_accuracy": 0.5, "gender_accuracy": 0.92,
+                "by_gender": {"female": {"n": 5, "age_mae": mae, "gender_accuracy": 0.9}}}
+
+    rec = {"validation": scored(5.43), "validation_tta": scored(5.28)}
+    lines = card._age_gender_figures(rec)
+    assert "| measure | value | with flip TTA |" in lines and "| age MAE (years) | 5.43 | 5.28 |" in lines
+    lines = card._age_gender_figures({**rec, "validation_tta_multi": scored(5.19)})
+    assert "| measure | value | with flip TTA | with multi TTA (6 views) |" in lines
+    assert "| age MAE (years) | 5.43 | 5.28 | 5.19 |" in lines and "| gender accuracy | 92.0% | 92.0% | 92.0% |" in lines
+    assert "| gender female | 5 | 5.43 | 90.0% |" in lines  # the bias table: the plain figures
