@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
@@ -46,8 +46,6 @@ class FaceModels:
     emotion_temperature: float = 1.0
     # (emotion, age_gender) as models.litert.LiteModel, or None to run them with TensorFlow.
     lite: tuple | None = None
-    # The traced forward pass, built on first use in the process that predicts.
-    _graphs: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def runtime(self) -> str:
@@ -68,14 +66,15 @@ class FaceModels:
         with ``tta`` (``models.tta``: "flip", "multi", or True for "flip"), averaged over the views."""
         x_emotion, x_age = np.asarray(x_emotion, np.float32), np.asarray(x_age, np.float32)
         one_view = self._predict_lite if self.lite is not None else self._predict_tf
-        outputs = [one_view(e, a) for e, a in zip(views(x_emotion, tta), views(x_age, tta))]
+        # mirrored views are strided numpy views; both runtimes take contiguous arrays
+        outputs = [one_view(np.ascontiguousarray(e), np.ascontiguousarray(a))
+                   for e, a in zip(views(x_emotion, tta), views(x_age, tta))]
         if len(outputs) == 1:
             return outputs[0]
         return tuple(np.mean([o[k] for o in outputs], axis=0, dtype=np.float32) for k in range(3))
 
     def _predict_tf(self, x_emotion, x_age):
-        graph = self._graphs.get("forward") or self._graphs.setdefault("forward", self._trace())
-        emotion, age, p_female = graph(np.ascontiguousarray(x_emotion), np.ascontiguousarray(x_age))
+        emotion, age, p_female = self._forward(x_emotion, x_age)
         return emotion.numpy(), age.numpy(), p_female.numpy()
 
     def _predict_lite(self, x_emotion, x_age):
@@ -83,14 +82,16 @@ class FaceModels:
         from models.calibration import apply_temperature
 
         emotion_model, age_model = self.lite
-        probs = emotion_model(np.ascontiguousarray(x_emotion))
+        probs = emotion_model(x_emotion)
         if self.emotion_temperature != 1.0:
             probs = apply_temperature(probs, self.emotion_temperature).astype(np.float32)
-        out = age_model(np.ascontiguousarray(x_age))
+        out = age_model(x_age)
         return probs, out["age"][:, 0], out["gender"][:, 0]
 
-    def _trace(self):
-        """Both models as one TensorFlow graph for any batch size.
+    @functools.cached_property
+    def _forward(self):
+        """Both models as one TensorFlow graph for any batch size, traced on first use in the process
+        that predicts.
 
         Called eagerly, Keras runs each layer from Python: for batches of a few faces that costs
         more than the arithmetic. The unknown batch dimension in the signature means one trace
