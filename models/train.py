@@ -272,14 +272,14 @@ def emotion_record(model, test: fdata.EmotionTargets, classes: tuple[str, ...], 
     """PublicTest figures of an emotion model: plain, flip TTA, temperature, accuracy under FGSM."""
     from models.adversarial import accuracy_under_fgsm
     from models.calibration import calibration_record
+    from models.tta import means_by_mode, views
 
-    probs = emotion_predict(model, test.images, tta=False)
-    calibration = calibration_record(probs, test.labels, test.filenames, "PublicTest")
+    probs = means_by_mode([emotion_predict(model, v, tta=False) for v in views(test.images, "multi")])
+    calibration = calibration_record(probs["none"], test.labels, test.filenames, "PublicTest")
     return {
-        "public_test": classification_report(test.labels, probs, classes),
-        "public_test_tta": classification_report(test.labels, emotion_predict(model, test.images, tta="flip"), classes),
-        "public_test_tta_multi": classification_report(test.labels, emotion_predict(model, test.images, tta="multi"),
-                                                       classes),
+        "public_test": classification_report(test.labels, probs["none"], classes),
+        "public_test_tta": classification_report(test.labels, probs["flip"], classes),
+        "public_test_tta_multi": classification_report(test.labels, probs["multi"], classes),
         # Fitted on the faces the recipe selects on; ece_after_cross_fitted fits each half on the other.
         "temperature": calibration["temperature"],
         "calibration": calibration,
@@ -395,6 +395,7 @@ def train_age_gender(args: argparse.Namespace) -> dict:
     import keras
 
     from models.networks import age_gender_net
+    from models.tta import means_by_mode, views
 
     keras.utils.set_random_seed(args.seed)
     utk = fdata.load_utkface(Path(args.data_dir) / "utkface" / "utkface_train.npz", size=args.size)
@@ -428,17 +429,15 @@ def train_age_gender(args: argparse.Namespace) -> dict:
                                   keep=base if model is not base else None, command=args.command)
     model = keras.models.load_model(best, compile=False)
     history = read_history(Path(args.workdir))
-    age, p_female = age_gender_predict(model, utk.images[va])
-    age_t, p_t = age_gender_predict(model, utk.images[va], tta="flip")
-    age_m, p_m = age_gender_predict(model, utk.images[va], tta="multi")
+    per_view = [age_gender_predict(model, v) for v in views(utk.images[va], "multi")]
+    age, p_female = (means_by_mode([p[k] for p in per_view]) for k in (0, 1))
     record = {
         "task": "age-gender", "input": [args.size, args.size, 3], "template": list(fdata.UTK_TEMPLATE), "params": model.count_params(),
         "command": args.command, "recipe": args.recipe, "train_faces": int(len(tr)),
         "train_seconds_this_sitting": round(seconds, 1), "train_seconds": train_seconds(history), "history": history,
         "sittings": read_sittings(Path(args.workdir)), **({"init": init} if init else {}),
-        "validation": age_gender_report(utk.age[va], utk.gender[va], age, p_female, utk.race[va]),
-        "validation_tta": age_gender_report(utk.age[va], utk.gender[va], age_t, p_t, utk.race[va]),
-        "validation_tta_multi": age_gender_report(utk.age[va], utk.gender[va], age_m, p_m, utk.race[va]),
+        **{key: age_gender_report(utk.age[va], utk.gender[va], age[mode], p_female[mode], utk.race[va])
+           for key, mode in (("validation", "none"), ("validation_tta", "flip"), ("validation_tta_multi", "multi"))},
     }
     write_outputs(best, Path(args.out), args.name, record)
     LOG.info("validation age MAE %.2f, gender %.4f", record["validation"]["age_mae"],

@@ -104,3 +104,18 @@ def test_the_age_gender_card_shows_the_multi_view_column_where_the_record_has_it
     assert "| measure | value | with flip TTA | with multi TTA (6 views) |" in lines
     assert "| age MAE (years) | 5.43 | 5.28 | 5.19 |" in lines and "| gender accuracy | 92.0% | 92.0% | 92.0% |" in lines
     assert "| gender female | 5 | 5.43 | 90.0% |" in lines  # the bias table: the plain figures
+
+
+def test_every_mode_from_one_pass_per_multi_view_matches_scoring_each_mode():
+    from models.networks import emotion_net
+    from models.train import emotion_predict
+    from models.tta import means_by_mode
+
+    model = emotion_net(widths=(4, 8), dropout=0.0)
+    faces = _faces((5, 48, 48))
+    by_mode = means_by_mode([emotion_predict(model, v, tta="none") for v in views(faces, "multi")])
+    assert list(by_mode) == list(TTA_MODES)
+    for mode in TTA_MODES:
+        np.testing.assert_allclose(by_mode[mode], emotion_predict(model, faces, tta=mode), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="the 6 multi views"):
+        means_by_mode([by_mode["none"]] * 2)
