@@ -1,5 +1,5 @@
 """Keras callbacks of the training recipes: keep the best epoch across sittings, time each epoch, log
-each sitting as it goes."""
+each sitting as it goes, keep each epoch's weights for averaging."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import keras
+
+from models.swa import snapshot_path
 
 __all__ = ["KeepBest", "EpochSeconds", "SittingLog", "EpochWeights"]
 
@@ -87,8 +89,6 @@ class EpochWeights(keras.callbacks.Callback):
         self.workdir, self.first, self.target = Path(workdir), first, target
 
     def on_epoch_end(self, epoch, logs=None):
-        from models.swa import snapshot_path
-
         if epoch + 1 >= self.first:
             path = snapshot_path(self.workdir, epoch + 1)
             path.parent.mkdir(parents=True, exist_ok=True)
