@@ -172,10 +172,12 @@ def commands_of(rec: dict) -> list[str]:
     """The commands that trained the model, in order: one, or one per schedule where a run's schedule
     was extended (rerun with more ``--epochs`` in the same workdir, or in a copy of it: the copy is
     shown as the ``cp -r`` between the two commands); those of the model it started from (``--init``)
-    come first."""
+    and of the models it was distilled from (``--teacher``) come first."""
     sittings = rec.get("sittings") or []
     commands = list(dict.fromkeys([*(s["command"] for s in sittings if s.get("command")), rec["command"]]))
-    lines = [*(rec.get("init") or {}).get("commands", []), *commands[:1]]
+    prior = [*(rec.get("init") or {}).get("commands", []),
+             *(c for t in (rec.get("distill") or {}).get("teachers", []) for c in t.get("commands", []))]
+    lines = [*dict.fromkeys(prior), *commands[:1]]
     for before, after in zip(commands, commands[1:]):
         src, dst = _workdir(before), _workdir(after)
         if src and dst and src != dst:
@@ -227,6 +229,18 @@ def _swa(swa: dict) -> str:
             f"epoch, so the {swa['kept']} was kept.")
 
 
+def _distill(distill: dict) -> str:
+    """What the network was taught by (``--teacher``): the teachers, their views and the targets' mix."""
+    teachers = ", ".join(f"{t['name']} (sha256 `{t['sha256'][:12]}…`)" for t in distill["teachers"])
+    views = {"none": "as they are", "flip": "and their mirror images",
+             "multi": "in the six views of `--tta multi`"}[distill["tta"]]
+    return (f"Distilled: the targets were {1 - distill['weight']:.2g} x the label + {distill['weight']:.2g} x the "
+            f"mean output of {teachers} on the training faces {views}"
+            + (f", softened at temperature {distill['temperature']:g}" if distill["temperature"] != 1 else "")
+            + f"; the teacher{'s agree' if len(distill['teachers']) > 1 else ' agrees'} with "
+            f"{distill['train_accuracy']:.1%} of the training labels.")
+
+
 def _search(table: dict) -> list[str]:
     """The "Hyperparameter search" section from ``models.search``'s results JSON."""
     from models.search import markdown
@@ -255,7 +269,8 @@ def render(name: str, ablations: dict | None = None, search: dict | None = None)
         "```", *commands, "```", "",
         "| setting | value |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in rec["recipe"].items()], "",
-        f"{_epochs_trained(rec)}{' ' + _swa(rec['swa']) if rec.get('swa') else ''} "
+        f"{_epochs_trained(rec)}{' ' + _distill(rec['distill']) if rec.get('distill') else ''}"
+        f"{' ' + _swa(rec['swa']) if rec.get('swa') else ''} "
         "The command resumes from the last finished epoch in its `--workdir`, so a run may take "
         "several sittings, on any Keras backend (TensorFlow on CPU, or `KERAS_BACKEND=jax` on a GPU). "
         f"{_sittings(rec)} Reproduce with the {'commands' if len(commands) > 1 else 'command'} above "

@@ -11,6 +11,8 @@ validation data is kept and written to ``--out`` with a JSON record of the recip
 ``--adv_multiplier M --adv_step S`` adds adversarial regularization (``models.adversarial``). The
 emotion recipe ends by fitting a softmax temperature on its validation data (``models.calibration``)
 and records it in the sidecar with the ECE before and after; the pipeline applies it at inference.
+``--teacher MODEL`` distils finished models, scored with test-time augmentation, into the network
+(``models.distill``); ``--swa_from K`` averages the weights of its last epochs (``models.swa``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 from models import data as fdata
 from models.metrics import age_gender_report, classification_report
 from models.registry import sha256_of
+from models.tta import TTA_MODES
 
 LOG = logging.getLogger("facebeam.train")
 
@@ -299,6 +302,15 @@ def train_emotion(args: argparse.Namespace) -> dict:
     train, test = emotion_faces(args)
     x_tr, t_tr, y_tr = train.images, train.targets, train.labels
     x_te, t_te = test.images, test.targets
+    distill = None
+    if args.teacher:
+        from models.distill import mix_targets, soften, teacher_targets
+
+        teacher, distill = teacher_targets(args.teacher, x_tr, classes, args.teacher_tta, Path(args.workdir))
+        distill.update(weight=args.distill, temperature=args.teacher_temperature,
+                       train_accuracy=float(np.mean(teacher.argmax(1) == y_tr)))
+        LOG.info("teachers %s agree with %.1f%% of the training labels", args.teacher, 100 * distill["train_accuracy"])
+        t_tr = mix_targets(t_tr, soften(teacher, args.teacher_temperature), args.distill)
     if args.oversample:
         idx = _oversample(y_tr, args.oversample, rng)
         x_tr, t_tr, y_tr = x_tr[idx], t_tr[idx], y_tr[idx]
@@ -332,7 +344,8 @@ def train_emotion(args: argparse.Namespace) -> dict:
         "command": args.command, "recipe": args.recipe, "train_faces": int(len(x_tr)),
         "train_seconds_this_sitting": round(seconds, 1), "train_seconds": train_seconds(history), "history": history,
         "sittings": read_sittings(Path(args.workdir)), **({"init": init} if init else {}),
-        **({"swa": swa} if swa else {}), **emotion_record(model, test, classes, args.adv_step),
+        **({"swa": swa} if swa else {}), **({"distill": distill} if distill else {}),
+        **emotion_record(model, test, classes, args.adv_step),
     }
     write_outputs(best, Path(args.out), args.name, record)
     LOG.info("PublicTest accuracy %.4f (flip TTA %.4f); temperature %.3f", record["public_test"]["accuracy"],
@@ -490,6 +503,15 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--swa_from", type=int, default=0,
                            help="keep each epoch's weights from this (1-based) one on and make their average, "
                                 "batch-norm statistics recomputed, the model where it beats the best epoch (0: off)")
+            s.add_argument("--teacher", nargs="+", default=None, metavar="MODEL",
+                           help="distil these emotion models (names in models/weights, or .keras paths with "
+                                "sidecars): train on a mix of the labels and their mean output (models.distill)")
+            s.add_argument("--teacher_tta", default="multi", choices=TTA_MODES,
+                           help="views each teacher's output is averaged over")
+            s.add_argument("--teacher_temperature", type=float, default=1.0,
+                           help="soften (above 1) or sharpen the teachers' output before mixing")
+            s.add_argument("--distill", type=float, default=0.5,
+                           help="weight of the teachers' output in the training targets, the labels' is 1 minus it")
         else:
             s.add_argument("--size", type=int, default=64, help="input side in pixels")
             s.add_argument("--age_loss_weight", type=float, default=0.05, help="weight of the age loss")
