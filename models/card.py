@@ -163,9 +163,14 @@ def _sittings(rec: dict) -> str:
         return (f"The last sitting took {rec['train_seconds_this_sitting'] / 60:.0f} min "
                 "(the device was not recorded).")
     parts = [f"epochs {s['epochs'][0] + 1}-{s['epochs'][1]}"
-             + (f" of a {s['schedule']}-epoch schedule" if s.get("schedule") else "")
+             + (f" of {_article(s['schedule'])} {s['schedule']}-epoch schedule" if s.get("schedule") else "")
              + f" in {s['seconds'] / 60:.1f} min on {s['device']} (Keras backend {s['backend']})" for s in sittings]
     return "Trained in " + "; ".join(parts) + "."
+
+
+def _article(n: int) -> str:
+    """The article before an epoch count ``n`` read aloud: "an 8-epoch", "an 11-epoch", "a 12-epoch"."""
+    return "an" if str(n).startswith("8") or n in (11, 18) else "a"
 
 
 def commands_of(rec: dict) -> list[str]:

@@ -212,6 +212,8 @@ def test_card_names_each_sitting_and_renders_the_search_table(tmp_path):
     assert card.commands_of(extended) == [short, long]
     assert card._epochs_trained(extended).startswith("Epochs trained: 3, in schedules of 2, then 3 epochs")
     assert "epochs 3-3 of a 3-epoch schedule in 0.5 min" in card._sittings(extended)
+    eight = {"sittings": [{**extended["sittings"][1], "epochs": [0, 8], "schedule": 8}]}
+    assert card._sittings(eight).startswith("Trained in epochs 1-8 of an 8-epoch schedule")
     # Resumed in a copy of the first run's workdir: the copy is part of the recipe.
     copied = {**extended, "command": long + " --workdir 'runs/b c'", "sittings": [
         {**extended["sittings"][0], "command": short + " --workdir runs/a"},
