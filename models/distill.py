@@ -10,6 +10,7 @@ computed once per run and kept in its ``--workdir``, so resumed sittings reuse t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -83,6 +84,4 @@ def teacher_targets(names: list[str], images: np.ndarray, classes: tuple[str, ..
 
 
 def _digest(images: np.ndarray) -> str:
-    import hashlib
-
     return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
