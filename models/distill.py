@@ -64,10 +64,10 @@ def teacher_targets(names: list[str], images: np.ndarray, classes: tuple[str, ..
     specs = [resolve(n, "emotion") for n in names]
     teachers = []
     for spec in specs:
-        record = json.loads(Path(spec.path).with_suffix(".json").read_text())
-        if tuple(record.get("classes", ())) != tuple(classes):
-            raise ValueError(f"--teacher {spec.name} predicts {record.get('classes')}, "
+        if spec.classes != tuple(classes):
+            raise ValueError(f"--teacher {spec.name} predicts {list(spec.classes)}, "
                              f"not the recipe's classes {list(classes)}")
+        record = json.loads(Path(spec.path).with_suffix(".json").read_text())
         teachers.append({"name": spec.name, "sha256": spec.sha256, "commands": commands_of(record)})
     key = json.dumps({"teachers": [t["sha256"] for t in teachers], "tta": tta, "faces": _digest(images)})
     cache = cache_dir / CACHE_NAME if cache_dir else None

@@ -317,7 +317,11 @@ def train_emotion(args: argparse.Namespace) -> dict:
     class_weight = inverse_frequency_weights(y_tr, len(classes)) if args.class_weight else None
 
     steps = int(np.ceil(len(x_tr) / args.batch_size))
-    base = emotion_net(num_classes=len(classes), arch=args.arch, widths=tuple(args.widths), dropout=args.dropout)
+
+    def build():
+        return emotion_net(num_classes=len(classes), arch=args.arch, widths=tuple(args.widths), dropout=args.dropout)
+
+    base = build()
     init = warm_start(base, args.init, "emotion")
     model = _wrap_adversarial(base, args)
     model.compile(
@@ -336,8 +340,7 @@ def train_emotion(args: argparse.Namespace) -> dict:
     swa = None
     if args.swa_from:
         best, swa = _swa_emotion(args, best, len(history), _batches(args, "emotion", x_tr[..., None], t_tr, True),
-                                 test, lambda: emotion_net(num_classes=len(classes), arch=args.arch,
-                                                           widths=tuple(args.widths), dropout=args.dropout))
+                                 test, build)
     model = keras.models.load_model(best, compile=False)
     record = {
         "task": "emotion", "classes": list(classes), "input": [48, 48, 1], "template": list(fdata.FER_TEMPLATE), "params": model.count_params(),
