@@ -50,15 +50,16 @@ def _history_table(history: list[dict], keys: list[str]) -> list[str]:
 
 
 def _tta_header(columns: int) -> list[str]:
-    """The header of a figures table: plain, flip TTA and (records from the multi mode on) multi TTA."""
-    return ["| measure | value | with flip TTA |" + (" with multi TTA (6 views) |" if columns > 2 else ""),
-            "|---|---|---|" + "---|" * (columns - 2)]
+    """The header of a figures table: plain, then flip TTA and (records from the multi mode on) multi
+    TTA where the record has them (an ensemble's views are in the model: it has plain figures only)."""
+    titles = ["value", "with flip TTA", "with multi TTA (6 views)"][:columns]
+    return ["| measure | " + " | ".join(titles) + " |", "|---|" + "---|" * columns]
 
 
 def _emotion_figures(rec: dict) -> list[str]:
     plain = rec["public_test"]
     # Test-time augmentation columns (models.tta); records from before the multi mode have only flip.
-    scored = [plain, rec["public_test_tta"], *[rec[k] for k in ("public_test_tta_multi",) if k in rec]]
+    scored = [plain, *[rec[k] for k in ("public_test_tta", "public_test_tta_multi") if k in rec]]
     blanks = " |" * (len(scored) - 1)
     lines = [
         "## Figures (FER2013 PublicTest, 3,589 faces)", "",
@@ -177,11 +178,12 @@ def commands_of(rec: dict) -> list[str]:
     """The commands that trained the model, in order: one, or one per schedule where a run's schedule
     was extended (rerun with more ``--epochs`` in the same workdir, or in a copy of it: the copy is
     shown as the ``cp -r`` between the two commands); those of the model it started from (``--init``)
-    and of the models it was distilled from (``--teacher``) come first."""
+    and of the models it was distilled from (``--teacher``) or averages (``models.ensemble``) come first."""
     sittings = rec.get("sittings") or []
     commands = list(dict.fromkeys([*(s["command"] for s in sittings if s.get("command")), rec["command"]]))
     prior = [*(rec.get("init") or {}).get("commands", []),
-             *(c for t in (rec.get("distill") or {}).get("teachers", []) for c in t.get("commands", []))]
+             *(c for t in (rec.get("distill") or {}).get("teachers", []) for c in t.get("commands", [])),
+             *(c for m in (rec.get("ensemble") or {}).get("members", []) for c in m.get("commands", []))]
     lines = [*dict.fromkeys(prior), *commands[:1]]
     for before, after in zip(commands, commands[1:]):
         src, dst = _workdir(before), _workdir(after)
@@ -246,6 +248,40 @@ def _distill(distill: dict) -> str:
             f"{distill['train_accuracy']:.1%} of the training labels.")
 
 
+def _ensemble(ensemble: dict) -> list[str]:
+    """What an ensemble (``models.ensemble``) averages: its members, their own figures, and the views."""
+    views = {"none": "the face as it is", "flip": "the face and its mirror image",
+             "multi": "six views of the face (as it is and zoomed in and out by 8%, each also mirrored)"}
+    members = ensemble["members"]
+    lines = [f"An ensemble: the mean softmax of {len(members)} networks, each scored on {views[ensemble['views']]}, "
+             f"in one model ({len(members)} x {_VIEW_COUNT[ensemble['views']]} passes per face). The commands above "
+             "trained the members, in the order of the table, and the last one built the ensemble; each member "
+             "resumes from its own `--workdir`.", "",
+             "| member | sha256 | PublicTest | with flip TTA | with multi TTA |", "|---|---|---|---|---|"]
+    for m in members:
+        f = m["public_test"]
+        lines.append(f"| {m['name']} | `{m['sha256'][:12]}…` | "
+                     + " | ".join(_pct(f[k]) if k in f else "-" for k in ("public_test", "public_test_tta",
+                                                                          "public_test_tta_multi")) + " |")
+    return lines
+
+
+_VIEW_COUNT = {"none": 1, "flip": 2, "multi": 6}
+
+
+def _training(rec: dict, commands: list[str]) -> list[str]:
+    """The paragraph on how the network was trained, or an ensemble's table of members."""
+    if rec.get("ensemble"):
+        return _ensemble(rec["ensemble"])
+    return [
+        f"{_epochs_trained(rec)}{' ' + _distill(rec['distill']) if rec.get('distill') else ''}"
+        f"{' ' + _swa(rec['swa']) if rec.get('swa') else ''} "
+        "The command resumes from the last finished epoch in its `--workdir`, so a run may take "
+        "several sittings, on any Keras backend (TensorFlow on CPU, or `KERAS_BACKEND=jax` on a GPU). "
+        f"{_sittings(rec)} Reproduce with the {'commands' if len(commands) > 1 else 'command'} above "
+        "(seeded; thread scheduling and the backend make runs differ slightly)."]
+
+
 def _search(table: dict) -> list[str]:
     """The "Hyperparameter search" section from ``models.search``'s results JSON."""
     from models.search import markdown
@@ -274,19 +310,15 @@ def render(name: str, ablations: dict | None = None, search: dict | None = None)
         "```", *commands, "```", "",
         "| setting | value |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in rec["recipe"].items()], "",
-        f"{_epochs_trained(rec)}{' ' + _distill(rec['distill']) if rec.get('distill') else ''}"
-        f"{' ' + _swa(rec['swa']) if rec.get('swa') else ''} "
-        "The command resumes from the last finished epoch in its `--workdir`, so a run may take "
-        "several sittings, on any Keras backend (TensorFlow on CPU, or `KERAS_BACKEND=jax` on a GPU). "
-        f"{_sittings(rec)} Reproduce with the {'commands' if len(commands) > 1 else 'command'} above "
-        "(seeded; thread scheduling and the backend make runs differ slightly).", "",
+        *_training(rec, commands), "",
         *(_emotion_figures(rec) if task == "emotion" else _age_gender_figures(rec)), "",
         *([*_ablations(ablations), ""] if ablations and task == "emotion" else []),
         *([*_search(search), ""] if search and task == "emotion" else []),
-        "## Training history", "",
-        *_history_table(rec.get("history", []),
-                        ["accuracy", "val_accuracy", "loss", "val_loss"] if task == "emotion" else
-                        ["age_mae", "val_age_mae", "gender_accuracy", "val_gender_accuracy"]), "",
+        *(["## Training history", "",
+           *_history_table(rec["history"],
+                           ["accuracy", "val_accuracy", "loss", "val_loss"] if task == "emotion" else
+                           ["age_mae", "val_age_mae", "gender_accuracy", "val_gender_accuracy"]), ""]
+          if rec.get("history") else []),
         "## Limits", "",
         ("FER2013 faces are low-resolution web images with noisy labels; expressions are posed or "
          "spontaneous, mostly frontal. Disgust has ~10x fewer examples than happy, so its recall is the "

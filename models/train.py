@@ -271,18 +271,23 @@ def emotion_faces(args: argparse.Namespace) -> tuple[fdata.EmotionTargets, fdata
     return train, test
 
 
-def emotion_record(model, test: fdata.EmotionTargets, classes: tuple[str, ...], fgsm_eps: float) -> dict:
-    """PublicTest figures of an emotion model: plain, flip TTA, temperature, accuracy under FGSM."""
+def emotion_record(model, test: fdata.EmotionTargets, classes: tuple[str, ...], fgsm_eps: float,
+                   tta: bool = True) -> dict:
+    """PublicTest figures of an emotion model: plain, with flip and multi TTA (unless not ``tta``),
+    temperature, accuracy under FGSM."""
     from models.adversarial import accuracy_under_fgsm
     from models.calibration import calibration_record
     from models.tta import means_by_mode, views
 
-    probs = means_by_mode([emotion_predict(model, v, tta=False) for v in views(test.images, "multi")])
+    if tta:
+        probs = means_by_mode([emotion_predict(model, v, tta=False) for v in views(test.images, "multi")])
+    else:
+        probs = {"none": emotion_predict(model, test.images, tta=False)}
     calibration = calibration_record(probs["none"], test.labels, test.filenames, "PublicTest")
     return {
         "public_test": classification_report(test.labels, probs["none"], classes),
-        "public_test_tta": classification_report(test.labels, probs["flip"], classes),
-        "public_test_tta_multi": classification_report(test.labels, probs["multi"], classes),
+        **{key: classification_report(test.labels, probs[mode], classes)
+           for key, mode in (("public_test_tta", "flip"), ("public_test_tta_multi", "multi")) if mode in probs},
         # Fitted on the faces the recipe selects on; ece_after_cross_fitted fits each half on the other.
         "temperature": calibration["temperature"],
         "calibration": calibration,

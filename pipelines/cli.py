@@ -15,6 +15,7 @@ COMMANDS = {
     "calibrate": ("models.calibration", "fit a softmax temperature for an emotion model, ECE before/after"),
     "search": ("models.search", "grid search over the emotion recipe's learning rate, widths and dropout"),
     "ablate": ("models.ablate", "ablation rows of the emotion recipe on one epoch budget"),
+    "ensemble": ("models.ensemble", "average emotion models over test-time views, as one model"),
     "live": ("pipelines.live", "real-time emotion, age and gender on a camera, file or stream"),
     "report": ("pipelines.report", "self-contained HTML report of an output directory"),
     "sql": ("pipelines.sql", "run SQL (DuckDB) over an output directory's tables"),
