@@ -2,10 +2,12 @@
 augmentation mode of ``models.tta``), per runtime and batch size.
 
     python -m bench.models [--batch 1 --batch 64] [--repeat 20] [--out bench/models.json]
+    python -m bench.models --emotion runs/out/emotion_e4.keras --batch 64 --out runs/bench/e4.json
 
 Times ``FaceModels.predict`` (both models, as the pipeline calls them) and each model alone, on random
 pixels, for every runtime of ``models.handler.RUNTIMES`` that this machine has, after one warm-up call
 per shape; the median of ``--repeat`` calls counts. Writes JSON and a Markdown table next to it.
+``--emotion`` and ``--age_gender`` time other models than the defaults (names or ``.keras`` paths).
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ def _median_ms(fn, repeat: int) -> float:
     return 1000 * float(np.median(times))
 
 
-def measure(batches: list[int], repeat: int, runtimes: list[str]) -> list[dict]:
+def measure(batches: list[int], repeat: int, runtimes: list[str], emotion: str | None = None,
+            age_gender: str | None = None) -> list[dict]:
     from models.handler import FaceModelHandler
-    from models.registry import default_specs
+    from models.registry import DEFAULT_MODELS, resolve
     from models.tta import TTA_MODES
 
-    specs = default_specs()
+    specs = (resolve(emotion or DEFAULT_MODELS["emotion"], "emotion"),
+             resolve(age_gender or DEFAULT_MODELS["age-gender"], "age-gender"))
     rng = np.random.default_rng(0)
     rows = []
     for runtime in runtimes:
@@ -90,11 +94,14 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=20, help="timed calls per figure (the median counts)")
     parser.add_argument("--runtime", action="append", choices=("litert", "tensorflow"),
                         help="runtime to time; repeatable (default both)")
+    parser.add_argument("--emotion", default=None, help="emotion model to time (default: the pipeline's)")
+    parser.add_argument("--age_gender", default=None, help="age-gender model to time (default: the pipeline's)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "models.json"), help="results JSON (.md next to it)")
     args = parser.parse_args(argv)
     import tensorflow as tf
 
-    rows = measure(args.batch or [1, 16, 64], args.repeat, args.runtime or ["tensorflow", "litert"])
+    rows = measure(args.batch or [1, 16, 64], args.repeat, args.runtime or ["tensorflow", "litert"], args.emotion,
+                   args.age_gender)
     results = {"rows": rows, "repeat": args.repeat, "when": time.strftime("%Y-%m-%d %H:%M:%S"),
                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                            "tensorflow": tf.__version__}}

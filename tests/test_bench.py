@@ -156,3 +156,15 @@ def test_model_cost_table_has_a_row_per_runtime_and_batch(tmp_path, shipped_spec
     table = out.with_suffix(".md").read_text()
     assert "| litert | 5 |" in table and f"{emotion} alone, ms per face" in table
     assert "the same with --tta flip | the same with --tta multi |" in table
+
+
+def test_model_cost_of_another_emotion_model(tmp_path):
+    from bench import models as model_bench
+    from tests.test_distill import _teacher
+
+    tiny = _teacher(tmp_path, name="tiny_emotion")
+    out = tmp_path / "tiny.json"
+    assert model_bench.main(["--emotion", str(tiny), "--batch", "2", "--repeat", "1", "--runtime", "litert",
+                             "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["runtime"], row["batch"]) == ("litert", 2) and row["tiny_emotion_ms_per_face"] > 0
