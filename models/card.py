@@ -248,6 +248,9 @@ def _distill(distill: dict) -> str:
             f"{distill['train_accuracy']:.1%} of the training labels.")
 
 
+_VIEW_COUNT = {"none": 1, "flip": 2, "multi": 6}
+
+
 def _ensemble(ensemble: dict) -> list[str]:
     """What an ensemble (``models.ensemble``) averages: its members, their own figures, and the views."""
     views = {"none": "the face as it is", "flip": "the face and its mirror image",
@@ -264,9 +267,6 @@ def _ensemble(ensemble: dict) -> list[str]:
                      + " | ".join(_pct(f[k]) if k in f else "-" for k in ("public_test", "public_test_tta",
                                                                           "public_test_tta_multi")) + " |")
     return lines
-
-
-_VIEW_COUNT = {"none": 1, "flip": 2, "multi": 6}
 
 
 def _training(rec: dict, commands: list[str]) -> list[str]:

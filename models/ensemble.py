@@ -1,15 +1,16 @@
 """Emotion ensembles: several trained networks, each scored on test-time views, as one Keras model.
 
-    python -m models.ensemble emotion_v2 runs/out/emotion_v3warm.keras runs/out/emotion_v5.keras \\
-        --views multi --name emotion_e1 --out runs/out
+    facebeam ensemble emotion_v2 runs/out/emotion_v3warm.keras runs/out/emotion_v3.keras \\
+        runs/out/emotion_v4.keras --views multi --name emotion_e4 --out runs/out
 
 The model averages the softmax of every member on every view of ``models.tta`` (``--views none``:
 the face as it is; ``flip``: and its mirror image; ``multi``: those zoomed in and out by 8% too).
 The views are part of the graph: each is a fixed resampling of the face, two matrix products
 (rows, then columns) in frozen ``Dense`` layers, the bilinear interpolation with replicated edges
-that ``models.tta`` does with OpenCV. So the file is an ordinary emotion model with one input and
-one output: the pipeline, LiteRT, ``facebeam evaluate``, the calibration and ``--teacher`` take it
-as they take a single network, and the pipeline's default path gets the ensemble's accuracy.
+that ``models.tta`` does with OpenCV (which rounds to whole grey levels: a fraction of a level apart
+on average). So the file is an ordinary emotion model with one input and one output: the pipeline
+(``--emotion_model``), LiteRT, ``facebeam evaluate``, the calibration and ``--teacher`` take it as they
+take a single network (``--tta`` would add views on top of its own).
 
 Members are shipped names or ``.keras`` paths with sidecars (sha256 checked) of the same classes,
 input and framing. The sidecar records each member's sha256, PublicTest figures and training
