@@ -17,8 +17,9 @@ import sys
 from pathlib import Path
 
 from models.registry import DEFAULT_MODELS, WEIGHTS_DIR
+from models.tta import view_count
 
-__all__ = ["render", "fmt_optional", "main"]
+__all__ = ["render", "fmt_optional", "commands_of", "provenance", "main"]
 
 CARDS_DIR = Path(__file__).resolve().parent / "cards"
 
@@ -193,6 +194,15 @@ def commands_of(rec: dict) -> list[str]:
     return lines
 
 
+def provenance(spec, record: dict | None = None) -> dict:
+    """What a sidecar records of a model another one is made from (``--init``, ``--teacher``, an
+    ensemble's members): its name, sha256 and the commands that trained it. ``spec`` is the model's
+    resolved ModelSpec; ``record`` its sidecar, read from beside the file unless given."""
+    if record is None:
+        record = json.loads(Path(spec.path).with_suffix(".json").read_text())
+    return {"name": spec.name, "sha256": spec.sha256, "commands": commands_of(record)}
+
+
 def _workdir(command: str) -> str | None:
     """The ``--workdir`` a training command names (None where it names none)."""
     args = shlex.split(command)
@@ -248,16 +258,13 @@ def _distill(distill: dict) -> str:
             f"{distill['train_accuracy']:.1%} of the training labels.")
 
 
-_VIEW_COUNT = {"none": 1, "flip": 2, "multi": 6}
-
-
 def _ensemble(ensemble: dict) -> list[str]:
     """What an ensemble (``models.ensemble``) averages: its members, their own figures, and the views."""
     views = {"none": "the face as it is", "flip": "the face and its mirror image",
              "multi": "six views of the face (as it is and zoomed in and out by 8%, each also mirrored)"}
     members = ensemble["members"]
     lines = [f"An ensemble: the mean softmax of {len(members)} networks, each scored on {views[ensemble['views']]}, "
-             f"in one model ({len(members)} x {_VIEW_COUNT[ensemble['views']]} passes per face). The commands above "
+             f"in one model ({len(members)} x {view_count(ensemble['views'])} passes per face). The commands above "
              "trained the members, in the order of the table, and the last one built the ensemble; each member "
              "resumes from its own `--workdir`.", "",
              "| member | sha256 | PublicTest | with flip TTA | with multi TTA |", "|---|---|---|---|---|"]

@@ -58,7 +58,7 @@ def teacher_targets(names: list[str], images: np.ndarray, classes: tuple[str, ..
     teacher must predict ``classes``. The probabilities are kept in ``cache_dir`` and reused while
     the teachers, the views and the faces are the same.
     """
-    from models.card import commands_of
+    from models.card import provenance
     from models.registry import load_checked, resolve
 
     specs = [resolve(n, "emotion") for n in names]
@@ -67,8 +67,7 @@ def teacher_targets(names: list[str], images: np.ndarray, classes: tuple[str, ..
         if spec.classes != tuple(classes):
             raise ValueError(f"--teacher {spec.name} predicts {list(spec.classes)}, "
                              f"not the recipe's classes {list(classes)}")
-        record = json.loads(Path(spec.path).with_suffix(".json").read_text())
-        teachers.append({"name": spec.name, "sha256": spec.sha256, "commands": commands_of(record)})
+        teachers.append(provenance(spec))
     key = json.dumps({"teachers": [t["sha256"] for t in teachers], "tta": tta, "faces": _digest(images)})
     cache = cache_dir / CACHE_NAME if cache_dir else None
     if cache is not None and cache.exists():

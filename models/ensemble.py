@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from models import data as fdata
-from models.tta import TTA_MODES, ZOOMS
+from models.tta import TTA_MODES, ZOOMS, view_count
 
 LOG = logging.getLogger("facebeam.ensemble")
 
@@ -108,18 +108,18 @@ def build_ensemble(members: list, mode: str, name: str = "emotion_ensemble"):
 
 def _member(spec) -> dict:
     """What the sidecar records of a member: name, sha256, its PublicTest figures and commands."""
-    from models.card import commands_of
+    from models.card import provenance
 
     record = json.loads(Path(spec.path).with_suffix(".json").read_text())
     figures = {key: record[key]["accuracy"] for key in ("public_test", "public_test_tta", "public_test_tta_multi")
                if key in record}
-    return {"name": spec.name, "sha256": spec.sha256, "commands": commands_of(record), "public_test": figures}
+    return {**provenance(spec, record), "public_test": figures}
 
 
 def ensemble_emotion(args: argparse.Namespace) -> dict:
     """Builds, scores and writes the ensemble of ``args.members``; returns its sidecar record."""
     from models.registry import load_checked, resolve
-    from models.train import FGSM_EPS, emotion_record, write_outputs
+    from models.train import FGSM_EPS, emotion_record, write_sidecar
 
     specs = [resolve(m, "emotion") for m in args.members]
     first = specs[0]
@@ -135,12 +135,8 @@ def ensemble_emotion(args: argparse.Namespace) -> dict:
                                  fdata.label_set_of(classes))
     if args.limit:
         test = fdata.EmotionTargets(*(a[:args.limit] for a in test))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    staged = out / f".{args.name}.staged.keras"
-    model.save(staged)
-    LOG.info("%d members x %d views: scoring %d PublicTest faces", len(specs),
-             len(view_matrices(first.input_shape[0], args.views)), len(test.images))
+    LOG.info("%d members x %d views: scoring %d PublicTest faces", len(specs), view_count(args.views),
+             len(test.images))
     record = {
         "task": "emotion", "classes": list(classes), "input": list(first.input_shape), "template": list(first.template),
         "params": model.count_params(), "command": args.command,
@@ -149,8 +145,10 @@ def ensemble_emotion(args: argparse.Namespace) -> dict:
         # the views are in the model: scored as the pipeline runs it, without test-time augmentation on top
         **emotion_record(model, test, classes, FGSM_EPS, tta=False),
     }
-    write_outputs(staged, out, args.name, record)
-    staged.unlink()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / f"{args.name}.keras")
+    write_sidecar(out / f"{args.name}.keras", record)
     LOG.info("PublicTest accuracy %.4f; temperature %.3f", record["public_test"]["accuracy"], record["temperature"])
     return record
 

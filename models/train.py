@@ -36,7 +36,7 @@ LOG = logging.getLogger("facebeam.train")
 
 __all__ = [
     "main", "parse_args", "run", "train_emotion", "train_age_gender", "emotion_predict", "age_gender_predict",
-    "fit_resumable", "read_history", "read_sittings", "write_outputs", "emotion_record", "emotion_faces",
+    "fit_resumable", "read_history", "read_sittings", "write_outputs", "write_sidecar", "emotion_record", "emotion_faces",
     "cosine_schedule", "train_seconds", "set_threads", "inverse_frequency_weights", "FGSM_EPS",
 ]
 
@@ -201,9 +201,15 @@ def write_outputs(model_path: Path, out: Path, name: str, record: dict) -> Path:
     target = out / f"{name}.keras"
     # Loading uncompiled drops the optimizer's moments: a third of the size of the checkpoint.
     keras.models.load_model(model_path, compile=False).save(target)
+    return write_sidecar(target, record)
+
+
+def write_sidecar(target: Path, record: dict) -> Path:
+    """Adds the sha256 and size of the saved model ``target`` to ``record`` and writes it beside it
+    as ``target.json``; returns ``target``."""
     record["sha256"] = sha256_of(target)
     record["bytes"] = target.stat().st_size
-    (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    target.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     LOG.info("wrote %s (sha256 %s)", target, record["sha256"])
     return target
 
@@ -224,7 +230,7 @@ def warm_start(base, init: str | None, task: str) -> dict | None:
     without ``init``. The optimizer and its schedule start afresh: a warm restart."""
     if not init:
         return None
-    from models.card import commands_of
+    from models.card import provenance
     from models.registry import load_checked, resolve
 
     spec = resolve(init, task)
@@ -234,9 +240,8 @@ def warm_start(base, init: str | None, task: str) -> dict | None:
     except ValueError as e:
         raise ValueError(f"--init {init}: its network is not the one this recipe builds (give its --arch, "
                          f"--widths and classes): {e}") from None
-    record = json.loads(Path(spec.path).with_suffix(".json").read_text())
     LOG.info("starting from %s (sha256 %s)", spec.name, spec.sha256[:12])
-    return {"name": spec.name, "sha256": spec.sha256, "commands": commands_of(record)}
+    return provenance(spec)
 
 
 def _wrap_adversarial(base, args: argparse.Namespace):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["TTA_MODES", "ZOOMS", "tta_mode", "views", "means_by_mode"]
+__all__ = ["TTA_MODES", "ZOOMS", "tta_mode", "view_count", "views", "means_by_mode"]
 
 TTA_MODES = ("none", "flip", "multi")
 ZOOMS = (0.92, 1.08)
@@ -38,6 +38,12 @@ def _zoom(faces: np.ndarray, scale: float) -> np.ndarray:
     return out
 
 
+def view_count(tta: bool | str) -> int:
+    """How many views ``tta`` scores: 1, 2 (flip) or 6 (multi), the passes of a model per face."""
+    mode = tta_mode(tta)
+    return {"none": 1, "flip": 2, "multi": 2 * (1 + len(ZOOMS))}[mode]
+
+
 def views(faces: np.ndarray, tta: bool | str) -> list[np.ndarray]:
     """The copies of ``faces`` (N, S, S[, C]) that ``tta`` scores, the faces themselves first; each
     mode's views begin with those of the mode before it in ``TTA_MODES``."""
@@ -54,6 +60,6 @@ def views(faces: np.ndarray, tta: bool | str) -> list[np.ndarray]:
 def means_by_mode(per_view: list[np.ndarray]) -> dict[str, np.ndarray]:
     """{mode: its prediction} from the predictions on each of ``views(faces, "multi")``, in order:
     every mode scored with one pass per view of the largest."""
-    if len(per_view) != 2 * (1 + len(ZOOMS)):
-        raise ValueError(f"need the predictions on the {2 * (1 + len(ZOOMS))} multi views, got {len(per_view)}")
+    if len(per_view) != view_count("multi"):
+        raise ValueError(f"need the predictions on the {view_count('multi')} multi views, got {len(per_view)}")
     return {"none": per_view[0], "flip": np.mean(per_view[:2], axis=0), "multi": np.mean(per_view, axis=0)}
