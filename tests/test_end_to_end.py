@@ -152,3 +152,14 @@ def test_rerun_into_same_output_is_refused(e2e, capsys):
     status = cli.main(["analyze", "--input", str(EXAMPLES / "photos" / OBAMA), "--output", str(e2e[0])])
     assert status == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_readme_quick_start_shows_what_the_demo_prints(tmp_path, capsys):
+    """The summary quoted under "Quick start" is what ``make demo`` prints with the shipped models."""
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    quoted = readme.split("## Quick start", 1)[1].split("```\n", 2)[2].split("```", 1)[0]
+    assert cli.main(["analyze", "--input", str(EXAMPLES), "--output", str(tmp_path / "demo")]) == 0
+    printed = capsys.readouterr().out
+    assert parse_summary(printed) == parse_summary(quoted)
+    emotions = [line for text in (printed, quoted) for line in text.splitlines() if line.startswith("emotions:")]
+    assert len(emotions) == 2 and emotions[0] == emotions[1]
