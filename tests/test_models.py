@@ -18,24 +18,32 @@ AGE_MAX_MAE = 5.5  # the age/gender bar: MAE <= 5.5 years and gender >= 92% on t
 GENDER_MIN_ACCURACY = 0.92
 
 
-@pytest.mark.parametrize("task", ["emotion", "age-gender"])
-def test_shipped_weights_match_pinned_sha256(task):
-    name = DEFAULT_MODELS[task]
-    spec = resolve(name, task)
+def _task(name: str) -> str:
+    return json.loads((WEIGHTS_DIR / f"{name}.json").read_text())["task"]
+
+
+def test_every_committed_model_is_pinned_and_the_defaults_are_shipped():
+    assert sorted(p.stem for p in WEIGHTS_DIR.glob("*.keras")) == sorted(SHIPPED)
+    assert set(DEFAULT_MODELS.values()) <= set(SHIPPED)
+    assert {task: _task(name) for task, name in DEFAULT_MODELS.items()} == {t: t for t in DEFAULT_MODELS}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_weights_match_pinned_sha256(name):
+    spec = resolve(name, _task(name))
     assert SHIPPED[name] == spec.sha256 == sha256_of(WEIGHTS_DIR / f"{name}.keras")
     card = (WEIGHTS_DIR.parent / "cards" / f"{name}.md").read_text()
     assert spec.sha256 in card
 
 
-@pytest.mark.parametrize("task", ["emotion", "age-gender"])
-def test_committed_card_is_what_its_sidecar_renders(task):
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_committed_card_is_what_its_sidecar_renders(name):
     """Cards are written by ``models.card`` from the sidecar; only the emotion card's ablation and
     search tables come from results kept outside the repository."""
     import re
 
     from models import card
 
-    name = DEFAULT_MODELS[task]
     committed = (WEIGHTS_DIR.parent / "cards" / f"{name}.md").read_text()
     without_tables = re.sub(r"## (Ablations|Hyperparameter search)[^\n]*\n.*?(?=\n## )\n", "", committed, flags=re.S)
     assert without_tables == card.render(name)
