@@ -262,3 +262,23 @@ def test_main_prints_the_summary(loaded_models, tmp_path, monkeypatch):
     text = printed.getvalue()
     assert "frames read 3, processed 3" in text and "fps" in text
     assert os.path.isfile(tmp_path / "faces.parquet")
+
+
+def test_main_tta_reaches_the_models(loaded_models, tmp_path, monkeypatch):
+    """``--tta flip`` scores the same faces with their mirror images averaged in: other probabilities."""
+    _, models = loaded_models
+    monkeypatch.setattr(FaceModelHandler, "load_model", lambda self: models)
+    rows = {}
+    for tta in ("none", "flip"):
+        log = tmp_path / f"{tta}.parquet"
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert cli.main(["live", "--source", str(CLIP), "--detector", "haar", "--max_frames", "2", "--no_display",
+                             "--emotion_half_life", "0", "--age_half_life", "0", "--tta", tta,
+                             "--log", str(log)]) == 0
+        rows[tta] = pq.read_table(log).to_pylist()
+    assert len(rows["none"]) == len(rows["flip"]) > 0
+    for plain, flipped in zip(rows["none"], rows["flip"]):
+        assert [plain[k] for k in ("frame_index", "x1", "y1", "x2", "y2")] == \
+            [flipped[k] for k in ("frame_index", "x1", "y1", "x2", "y2")]
+        assert plain["p_neutral"] != pytest.approx(flipped["p_neutral"], abs=1e-4)
+        assert plain["age"] != pytest.approx(flipped["age"], abs=1e-3)
