@@ -12,10 +12,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["TTA_MODES", "ZOOMS", "tta_mode", "view_count", "views", "means_by_mode"]
+__all__ = ["TTA_MODES", "TTA_HELP", "ZOOMS", "tta_mode", "view_count", "views", "means_by_mode"]
 
 TTA_MODES = ("none", "flip", "multi")
 ZOOMS = (0.92, 1.08)
+# the --tta help of the commands that run the models on faces (analyze, live)
+TTA_HELP = ("test-time augmentation: 'flip' averages each face's predictions with its mirror image's "
+            "(2x the model cost), 'multi' with zoomed copies too (6x)")
 
 
 def tta_mode(tta: bool | str) -> str:

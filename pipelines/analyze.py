@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from models.handler import RUNTIMES, FaceModelHandler
 from models.registry import DEFAULT_MODELS, resolve
-from models.tta import TTA_MODES
+from models.tta import TTA_HELP, TTA_MODES
 from transforms import progress
 from transforms.annotate import Annotate
 from transforms.common import WithholdFailedSources
@@ -87,9 +87,7 @@ class AnalyzeOptions(PipelineOptions):
                        help="shipped model name or .keras path")
         g.add_argument("--min_batch_size", type=int, default=1, help="smallest RunInference batch")
         g.add_argument("--max_batch_size", type=int, default=64, help="largest RunInference batch")
-        g.add_argument("--tta", choices=TTA_MODES, default="none",
-                       help="test-time augmentation: 'flip' averages each face's predictions with its mirror "
-                            "image's (2x the model cost), 'multi' with zoomed copies too (6x)")
+        g.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP)
         g.add_argument("--flip_tta", action="store_true", default=False, help="the same as --tta flip")
         g.add_argument("--no_calibration", action="store_true", default=False,
                        help="emotion probabilities as the network gives them, without its fitted temperature")

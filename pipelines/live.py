@@ -32,7 +32,7 @@ import numpy as np
 from models.handler import RUNTIMES, FaceAttributes, FaceModelHandler
 from models.labels import EMOTIONS
 from models.registry import DEFAULT_MODELS, default_specs, resolve
-from models.tta import TTA_MODES
+from models.tta import TTA_HELP, TTA_MODES
 from transforms import drawing
 from transforms.faces import DETECTORS, DetectOptions, faces_in_frame, make_detector
 from transforms.inference import model_inputs
@@ -570,9 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="analysed frames a face may go undetected and keep its track and labels")
     p.add_argument("--emotion_model", default=DEFAULT_MODELS["emotion"], help="shipped model name or .keras path")
     p.add_argument("--age_gender_model", default=DEFAULT_MODELS["age-gender"], help="shipped model name or .keras path")
-    p.add_argument("--tta", default="none", choices=TTA_MODES,
-                   help="test-time augmentation: 'flip' averages each face's predictions with its mirror image's "
-                        "(2x the model time), 'multi' with zoomed copies too (6x)")
+    p.add_argument("--tta", default="none", choices=TTA_MODES, help=TTA_HELP)
     p.add_argument("--model_runtime", default="auto", choices=RUNTIMES,
                    help="what runs the models: litert, tensorflow, or auto (TensorFlow where it sees a GPU)")
     p.add_argument("--run_id", default=None, help="identifier written into every logged row (default: time + random)")
