@@ -240,6 +240,18 @@ def _quiet_beam_root_notices(record: logging.LogRecord) -> bool:
         or f"{os.sep}apache_beam{os.sep}" not in record.pathname
 
 
+def _help_text() -> str:
+    """``facebeam analyze --help``: facebeam's own flags (Beam's parser would list none of them)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="facebeam analyze", description="Images and videos in, one Parquet row per face out.",
+        epilog="Every other flag goes to Beam (--runner, --direct_num_workers, ...); without --runner the "
+               "pipeline runs on Beam's in-process FnApiRunner, which works offline.")
+    AnalyzeOptions._add_argparse_args(parser)
+    return parser.format_help()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the pipeline and prints a summary; exit status 0 when the run completed, 1 with
     ``--fail_on_error`` when any input failed, 2 for a configuration error."""
@@ -253,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         if _quiet_beam_root_notices not in handler.filters:
             handler.addFilter(_quiet_beam_root_notices)
     argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(argv[:argv.index("--")] if "--" in argv else argv):
+        print(_help_text())
+        return 0
     try:
         _, output = run(argv)
     except (ValueError, FileNotFoundError) as e:

@@ -128,6 +128,23 @@ def test_dask_runner_is_refused(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_analyze_help_lists_facebeams_flags_and_runs_nothing(flag, tmp_path, capsys):
+    """Beam's own parser would answer --help with none of facebeam's flags."""
+    import argparse
+
+    from pipelines.analyze import AnalyzeOptions
+
+    parser = argparse.ArgumentParser()
+    AnalyzeOptions._add_argparse_args(parser)
+    flags = {a.option_strings[0] for a in parser._actions if a.dest != "help"}
+    status = cli.main(["analyze", "--input", INPUTS[0], "--output", str(tmp_path), flag])
+    text = capsys.readouterr().out
+    assert status == 0 and text.startswith("usage: facebeam analyze")
+    assert len(flags) > 20 and all(f in text for f in flags) and "--runner" in text
+    assert not list(tmp_path.iterdir())
+
+
 def test_local_worker_threads_are_refused(tmp_path, capsys):
     status = cli.main(["analyze", "--input", INPUTS[0], "--output", str(tmp_path), "--direct_num_workers=2",
                        "--direct_running_mode=multi_threading"])
