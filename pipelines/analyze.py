@@ -24,6 +24,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from models.handler import RUNTIMES, FaceModelHandler
 from models.registry import DEFAULT_MODELS, resolve
 from models.tta import TTA_HELP, TTA_MODES
+from pipelines.summary import format_summary, previous_contents, summarize, table_files
 from transforms import progress
 from transforms.annotate import Annotate
 from transforms.common import WithholdFailedSources
@@ -133,13 +134,34 @@ def _check_runner(opts: PipelineOptions) -> None:
         raise ValueError(f"--direct_running_mode=multi_threading is not supported: {_THREADS_REFUSED}")
 
 
+def _check_flags(a: AnalyzeOptions) -> None:
+    """Refuses flag values that would quietly give wrong results (a negative cap reads no frame)."""
+    if any(not str(i).strip() for i in a.input):
+        raise ValueError("--input is empty (an unset variable?); give a file, directory, glob or URI")
+    at_least = [("--min_face_size", a.min_face_size, 0), ("--min_confidence", a.min_confidence, 0),
+                ("--detect_max_side", a.detect_max_side, 0), ("--max_pixels", a.max_pixels, 1),
+                ("--video_fps", a.video_fps, 0), ("--max_frames_per_video", a.max_frames_per_video, 0),
+                ("--min_batch_size", a.min_batch_size, 1), ("--max_batch_size", a.max_batch_size, a.min_batch_size),
+                ("--model_copies", a.model_copies or 1, 1), ("--tf_threads", a.tf_threads, 0),
+                ("--num_shards", a.num_shards, 0)]
+    for flag, value, low in at_least:
+        if value < low:
+            raise ValueError(f"{flag} {value} is below {low}")
+    if not a.video_chunk_seconds > 0:
+        raise ValueError(f"--video_chunk_seconds {a.video_chunk_seconds} must be above 0")
+    if a.min_confidence > 1:
+        raise ValueError(f"--min_confidence {a.min_confidence} is above 1 (MTCNN scores are 0 to 1)")
+
+
 def _prepare_output(output: str, overwrite: bool) -> str:
     """Absolute output location; refuses to mix with an earlier run unless ``overwrite``."""
-    if FileSystems.get_scheme(output) is None:
-        output = os.path.abspath(output)
-        os.makedirs(output, exist_ok=True)
-    existing = [m.path for prefix in OUTPUT_PREFIXES
-                for m in FileSystems.match([FileSystems.join(output, f"{prefix}*.parquet")])[0].metadata_list]
+    try:
+        if FileSystems.get_scheme(output) is None:
+            output = os.path.abspath(output)
+            os.makedirs(output, exist_ok=True)
+        existing = [f for prefix in OUTPUT_PREFIXES for f in table_files(output, prefix.rstrip("-"))]
+    except OSError as e:  # a file where the directory should be, no permission
+        raise ValueError(f"--output {output}: cannot use it as the output directory ({e})") from e
     if existing and not overwrite:
         raise ValueError(f"{output} already holds a run ({len(existing)} Parquet files); "
                          "pass --overwrite to replace it or choose another --output")
@@ -158,23 +180,23 @@ def run(argv: list[str] | None = None, test_pipeline=None):
     if not a.output:
         raise ValueError("give --output, the directory for the Parquet tables")
     _check_runner(opts)
+    _check_flags(a)
     patterns = expand_inputs(a.input)
     known = None
     if a.skip_existing:
-        from pipelines.summary import previous_contents
-
         if os.path.abspath(a.skip_existing.rstrip("/")) == os.path.abspath(a.output.rstrip("/")):
             raise ValueError("--skip_existing must name an earlier output, not --output itself: the skipped rows "
                              "point to the earlier run's tables, which must stay where they are")
         known = previous_contents(a.skip_existing)
-    # A dry run (e.g. building a Dataflow job graph offline) reads and writes nothing.
-    output = a.output if opts.view_as(TestOptions).dry_run else _prepare_output(a.output, a.overwrite)
     emotion = resolve(a.emotion_model, "emotion")
     age_gender = resolve(a.age_gender_model, "age-gender")
     handler = FaceModelHandler(emotion, age_gender, a.min_batch_size, a.max_batch_size,
                                "flip" if a.flip_tta and a.tta == "none" else a.tta,
                                a.large_model, a.model_copies, a.tf_threads, calibrate=not a.no_calibration,
                                runtime=a.model_runtime)
+    # Last of the checks, as --overwrite deletes the earlier tables. A dry run (e.g. building a
+    # Dataflow job graph offline) reads and writes nothing.
+    output = a.output if opts.view_as(TestOptions).dry_run else _prepare_output(a.output, a.overwrite)
     run_id = a.run_id or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     run_info = RunInfo(run_id, emotion.tag, age_gender.tag)
     read_options = ReadOptions(a.video_fps, a.max_frames_per_video, a.video_chunk_seconds, a.max_pixels, known)
@@ -255,8 +277,6 @@ def _help_text() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Runs the pipeline and prints a summary; exit status 0 when the run completed, 1 with
     ``--fail_on_error`` when any input failed, 2 for a configuration error."""
-    from pipelines.summary import format_summary, summarize
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     # Beam also logs some notices on the root logger (a missing platform module, undeclared output
@@ -276,10 +296,16 @@ def main(argv: list[str] | None = None) -> int:
     if PipelineOptions(build_argv(argv)).view_as(TestOptions).dry_run:
         print("dry run: the job graph was built; nothing was read or written")
         return 0
-    summary = summarize(output)
-    if not PipelineOptions(build_argv(argv)).view_as(AnalyzeOptions).quiet:
+    a = PipelineOptions(build_argv(argv)).view_as(AnalyzeOptions)
+    try:
+        summary = summarize(output)
+    except Exception as e:  # the tables are written; only reading them back failed
+        print(f"facebeam analyze: the run finished, but its tables could not be read back from {output} "
+              f"for the summary: {e}", file=sys.stderr)
+        return 1 if a.fail_on_error else 0
+    if not a.quiet:
         print(format_summary(summary, output))
-    if summary["error"] and PipelineOptions(build_argv(argv)).view_as(AnalyzeOptions).fail_on_error:
+    if summary["error"] and a.fail_on_error:
         print(f"facebeam analyze: {summary['error']} input(s) failed (--fail_on_error)", file=sys.stderr)
         return 1
     return 0

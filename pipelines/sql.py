@@ -21,7 +21,6 @@ import base64
 import csv
 import datetime
 import decimal
-import fnmatch
 import io
 import json
 import math
@@ -32,23 +31,14 @@ import uuid
 
 import duckdb
 
+from pipelines.summary import table_files
+
 __all__ = ["TABLES", "OPTIONAL_TABLES", "table_files", "sql_string", "view_sql", "connect", "views", "columns_of",
            "to_csv", "to_json", "main"]
 
 # Tables every output directory has (an absent one becomes an empty view), then optional ones.
 TABLES: tuple[str, ...] = ("faces", "sources")
 OPTIONAL_TABLES: tuple[str, ...] = ("tracks",)
-
-
-def table_files(output_dir: str, name: str) -> list[str]:
-    """Sorted paths of ``name-*.parquet`` directly in ``output_dir``.
-
-    Matched on file names, not as a glob over the whole path, so a directory whose name holds
-    ``[``, ``*`` or ``?`` is read as named.
-    """
-    pattern = f"{name}-*.parquet"
-    return sorted(os.path.join(output_dir, f) for f in os.listdir(output_dir)
-                  if fnmatch.fnmatchcase(f, pattern) and os.path.isfile(os.path.join(output_dir, f)))
 
 
 def sql_string(value: str) -> str:

@@ -3,22 +3,56 @@
 from __future__ import annotations
 
 import collections
+import fnmatch
+import os
 import re
 
+import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
-__all__ = ["summarize", "format_summary", "parse_summary", "SUMMARY_COLUMNS", "read_table", "previous_contents"]
+__all__ = ["summarize", "format_summary", "parse_summary", "SUMMARY_COLUMNS", "table_files", "read_table",
+           "previous_contents"]
+
+# A URI with a scheme (gs://, s3://, ...), read through Beam's FileSystems; anything else is a local path.
+_URI = re.compile(r"[a-zA-Z][-a-zA-Z0-9+.]*://")
 
 
-def read_table(output: str, name: str):
-    """The ``name`` table (faces or sources) of an output directory as a pyarrow Table."""
-    import glob
-    import os
+def table_files(output: str, name: str) -> list[str]:
+    """Sorted paths of the ``name-*.parquet`` shards of an output: a local directory (matched on file
+    names, so a directory named with ``[``, ``*`` or ``?`` is read as named) or any Beam FileSystems
+    URI (``gs://...``); [] where there are none."""
+    if _URI.match(output):
+        from apache_beam.io.filesystems import FileSystems
 
-    files = sorted(glob.glob(os.path.join(output, f"{name}-*.parquet")))
+        try:
+            match = FileSystems.match([FileSystems.join(output, f"{name}-*.parquet")])[0]
+        except Exception as e:  # BeamIOError: the location cannot be listed
+            raise FileNotFoundError(f"cannot list {output}: {e}") from e
+        return sorted(m.path for m in match.metadata_list)
+    if not os.path.isdir(output):
+        return []
+    pattern = f"{name}-*.parquet"
+    return sorted(os.path.join(output, f) for f in os.listdir(output)
+                  if fnmatch.fnmatchcase(f, pattern) and os.path.isfile(os.path.join(output, f)))
+
+
+def read_table(output: str, name: str, columns: list[str] | None = None) -> pa.Table:
+    """The ``name`` table (faces, sources or tracks) of an output as a pyarrow Table (only ``columns``
+    where given). Shards that lack an optional column read it as null."""
+    files = table_files(output, name)
     if not files:
         raise FileNotFoundError(f"no {name}-*.parquet in {output}")
-    return ds.dataset(files, format="parquet").to_table()
+    if not _URI.match(output):
+        return ds.dataset(files, format="parquet").to_table(columns=columns)
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    tables = []
+    for path in files:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            tables.append(pq.read_table(pa.BufferReader(f.read()), columns=columns))
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def summarize(output: str) -> dict:
@@ -27,7 +61,7 @@ def summarize(output: str) -> dict:
     Every input has one status: ``inputs == ok + no_face + error + skipped``.
     """
     sources = read_table(output, "sources").to_pylist()
-    faces = read_table(output, "faces")
+    faces = read_table(output, "faces", ["emotion"])
     status = collections.Counter(s["status"] for s in sources)
     emotions = collections.Counter(faces.column("emotion").to_pylist())
     return {

@@ -31,7 +31,7 @@ from models.registry import sha256_of
 from pipelines.analyze import build
 from pipelines.summary import parse_summary, previous_contents, read_table, summarize
 from tests.conftest import EXAMPLES, ROOT, gradient_image, write_image, write_video
-from tests.fakes import SPECS, FakeHandler, fake_detector_factory
+from tests.fakes import SPECS, DiskBackedFileSystem, FakeHandler, fake_detector_factory
 from transforms import imaging, video
 from transforms.faces import DetectOptions
 from transforms.records import ErrorRecord, SourceFile
@@ -436,7 +436,7 @@ def _small_corpus(d: Path) -> None:
     make_video(d / "clip.mp4", 10)
 
 
-def _run(inputs: list[str], out: Path, run: RunInfo, options: ReadOptions = ReadOptions()) -> None:
+def _run(inputs: list[str], out: Path | str, run: RunInfo, options: ReadOptions = ReadOptions()) -> None:
     with _pipeline() as p:
         build(p, expand_inputs(inputs), str(out), FakeHandler(), run, options,
               DetectOptions(min_face_size=10), detector_factory=fake_detector_factory)
@@ -498,6 +498,65 @@ def test_rerun_into_an_existing_output_is_refused(tmp_path, capsys):
     assert main(["--input", str(d), "--output", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "sources-00000-of-00001.parquet").read_bytes() == b"an earlier run"
+
+
+def test_output_on_a_remote_filesystem_is_written_summarised_and_skipped_from(tmp_path, monkeypatch):
+    """An output given as a URI (gs://...) is read back through Beam's FileSystems, not as a local path."""
+    monkeypatch.setattr(DiskBackedFileSystem, "ROOT", str(tmp_path / "bucket"))
+    (tmp_path / "bucket").mkdir()
+    d = tmp_path / "in"
+    _small_corpus(d)
+    _run([str(d)], "fbtest://runs/first", RUN)
+    written = tmp_path / "bucket/runs/first"
+    assert sorted(p.name.split("-")[0] for p in written.iterdir()) == ["faces", "sources", "tracks"]
+    s = summarize("fbtest://runs/first")
+    assert (s["inputs"], s["ok"], s["no_face"], s["error"]) == (4, 2, 1, 1) and s["faces"] > 0
+    assert len(previous_contents("fbtest://runs/first")) == 3
+    with pytest.raises(FileNotFoundError, match="no sources"):
+        summarize("fbtest://runs/none")
+    # A local output named with glob characters is read as named.
+    shutil.copytree(written, tmp_path / "run[1]")
+    assert summarize(str(tmp_path / "run[1]")) == s
+
+
+def test_a_summary_that_cannot_be_read_back_does_not_fail_a_finished_run(tmp_path, monkeypatch, capsys):
+    from pipelines import analyze
+
+    monkeypatch.setattr(analyze, "run", lambda argv: (None, "fbtest://gone"))
+    assert analyze.main(["--input", "x", "--output", "fbtest://gone"]) == 0
+    assert "the run finished, but its tables could not be read back" in capsys.readouterr().err
+    assert analyze.main(["--input", "x", "--output", "fbtest://gone", "--fail_on_error"]) == 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--input", ""], "--input is empty"),
+    (["--max_frames_per_video", "-1"], "--max_frames_per_video -1 is below 0"),
+    (["--video_chunk_seconds", "0"], "must be above 0"),
+    (["--min_batch_size", "8", "--max_batch_size", "4"], "--max_batch_size 4 is below 8"),
+    (["--min_confidence", "1.5"], "above 1"),
+    (["--emotion_model", "no_such_model"], "no_such_model"),
+])
+def test_bad_flags_are_refused_before_the_output_is_touched(tmp_path, capsys, flags, message):
+    from pipelines.analyze import main
+
+    d = tmp_path / "in"
+    _small_corpus(d)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sources-00000-of-00001.parquet").write_bytes(b"an earlier run")
+    assert main(["--input", str(d), "--output", str(out), "--overwrite"] + flags) == 2
+    assert message in capsys.readouterr().err
+    assert (out / "sources-00000-of-00001.parquet").read_bytes() == b"an earlier run"
+
+
+def test_an_output_that_is_a_file_is_refused(tmp_path, capsys):
+    from pipelines.analyze import main
+
+    d = tmp_path / "in"
+    _small_corpus(d)
+    (tmp_path / "out").write_text("not a directory")
+    assert main(["--input", str(d), "--output", str(tmp_path / "out")]) == 2
+    assert "cannot use it as the output directory" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
