@@ -78,6 +78,19 @@ def test_decode_errors_are_clear():
     jpeg = _encode(gradient_image(), ".jpg")
     with pytest.raises(imaging.ImageError, match="truncated JPEG"):
         imaging.decode_image(jpeg[: len(jpeg) // 2])
+    for cut in (3, 12, 30):  # inside the header
+        with pytest.raises(imaging.ImageError):
+            imaging.decode_image(jpeg[:cut])
+
+
+def test_jpeg_with_data_after_its_end_is_read():
+    """Cameras append data after the image (maker trailers, the video of a motion photo)."""
+    rgb = gradient_image()
+    jpeg = _encode(rgb, ".jpg")
+    for trailer in (b"\0" * 200, b"....ftypmp42" + bytes(range(256)) * 40):
+        assert not imaging.jpeg_truncated(jpeg + trailer)
+        assert np.array_equal(imaging.decode_image(jpeg + trailer), imaging.decode_image(jpeg))
+        assert imaging.jpeg_truncated(jpeg[: len(jpeg) - 40])
 
 
 def test_decode_refuses_too_many_pixels_before_decoding():

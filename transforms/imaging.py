@@ -11,7 +11,7 @@ import io
 import struct
 import warnings
 import zlib
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import cv2
 import numpy as np
@@ -130,12 +130,13 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """Size from the first SOFn segment of a JPEG (ITU T.81 B.2.2); None if none comes before the scan."""
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(marker, offset, length) of the segments of a JPEG header (ITU T.81 B.1.1), up to and
+    including the first start-of-scan or end-of-image marker; stops early at a corrupt header."""
     i, n = 2, len(data)
     while i + 4 <= n:
         if data[i] != 0xFF:
-            return None  # not at a marker: a corrupt header
+            return  # not at a marker: a corrupt header
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
@@ -143,20 +144,46 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
         if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
             i += 2
             continue
-        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before them
-            return None
+        if marker == 0xD9:
+            yield marker, i, 0
+            return
         length = int.from_bytes(data[i + 2:i + 4], "big")
+        yield marker, i, length
+        if marker == 0xDA or length < 2:
+            return
+        i += 2 + length
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Size from the first SOFn segment of a JPEG (ITU T.81 B.2.2); None if none comes before the scan."""
+    for marker, i, _ in _jpeg_segments(data):
         # SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC), which share the range.
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if i + 9 > n:
+            if i + 9 > len(data):
                 return None
             height = int.from_bytes(data[i + 5:i + 7], "big")
             width = int.from_bytes(data[i + 7:i + 9], "big")
             return (width, height) if width and height else None
-        if length < 2:
-            return None
-        i += 2 + length
     return None
+
+
+def jpeg_truncated(data: bytes) -> bool:
+    """True for a JPEG whose image data has no end-of-image marker after its first scan.
+
+    Looked for after the scan, not at the end of the file, as cameras append data after the
+    image (maker trailers, the video of a motion photo). In the compressed data a 0xFF byte is
+    always followed by 0x00 or a restart marker, so the marker cannot occur there by chance.
+    """
+    last = None
+    for last in _jpeg_segments(data):
+        pass
+    if last is None:
+        return len(data) < 8  # cut inside the first segment's header
+    marker, i, length = last
+    if marker == 0xDA:
+        return data.find(_JPEG_EOI, i) < 0
+    # The header ends early: cut inside a segment (truncated), or a corrupt byte (the decoder says).
+    return marker != 0xD9 and i + 2 + length + 4 > len(data)
 
 
 def png_problem(data: bytes) -> str | None:
@@ -186,21 +213,20 @@ def png_problem(data: bytes) -> str | None:
 def probe_image_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) read from the header without decoding pixels, or None if unknown.
 
-    PNG and JPEG headers are read here; other formats by Pillow, which refuses headers declaring
-    more than twice ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bomb): that is an ImageError.
+    PNG and JPEG headers are read here; other formats by Pillow, which only reads their header.
+    Pillow's own pixel limit is turned off: the caller measures the size against ``--max_pixels``.
     """
     size = header_size(data)
     if size is not None:
         return size
     from PIL import Image
 
+    Image.MAX_IMAGE_PIXELS = None  # facebeam uses Pillow only here, to read headers
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             with Image.open(io.BytesIO(data)) as im:
                 return im.size
-        except Image.DecompressionBombError as e:
-            raise ImageError(f"decompression bomb refused before decoding: {e}") from None
         except Exception:  # unknown to Pillow: OpenCV decides below
             return None
 
@@ -217,7 +243,7 @@ def decode_image(data: bytes, max_pixels: int = 100_000_000) -> np.ndarray:
     if size is not None and size[0] * size[1] > max_pixels:
         raise ImageError(f"image of {size[0]}x{size[1]} pixels exceeds --max_pixels={max_pixels}; "
                          "refused before decoding (raise the limit to read it)")
-    if data.startswith(_JPEG_SOI) and _JPEG_EOI not in data[-64:]:
+    if data.startswith(_JPEG_SOI) and jpeg_truncated(data):
         # libjpeg decodes a cut-off JPEG into a half-grey picture with only a warning.
         raise ImageError("truncated JPEG (no end-of-image marker)")
     # IMREAD_COLOR applies the EXIF orientation and converts grey/alpha/16-bit/CMYK/palette to 8-bit BGR.
