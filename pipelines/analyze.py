@@ -82,7 +82,7 @@ class AnalyzeOptions(PipelineOptions):
         g.add_argument("--video_fps", type=float, default=1.0, help="video frames sampled per second (0: all)")
         g.add_argument("--max_frames_per_video", type=int, default=0, help="cap on sampled frames per video (0: none)")
         g.add_argument("--video_chunk_seconds", type=float, default=60.0,
-                       help="videos are split into ranges of this length, decoded in parallel")
+                       help="videos are split into ranges of this length, decoded in parallel (0: one range per video)")
         g.add_argument("--emotion_model", default=DEFAULT_MODELS["emotion"], help="shipped model name or .keras path")
         g.add_argument("--age_gender_model", default=DEFAULT_MODELS["age-gender"],
                        help="shipped model name or .keras path")
@@ -141,14 +141,13 @@ def _check_flags(a: AnalyzeOptions) -> None:
     at_least = [("--min_face_size", a.min_face_size, 0), ("--min_confidence", a.min_confidence, 0),
                 ("--detect_max_side", a.detect_max_side, 0), ("--max_pixels", a.max_pixels, 1),
                 ("--video_fps", a.video_fps, 0), ("--max_frames_per_video", a.max_frames_per_video, 0),
+                ("--video_chunk_seconds", a.video_chunk_seconds, 0),
                 ("--min_batch_size", a.min_batch_size, 1), ("--max_batch_size", a.max_batch_size, a.min_batch_size),
                 ("--model_copies", a.model_copies or 1, 1), ("--tf_threads", a.tf_threads, 0),
                 ("--num_shards", a.num_shards, 0)]
     for flag, value, low in at_least:
         if value < low:
             raise ValueError(f"{flag} {value} is below {low}")
-    if not a.video_chunk_seconds > 0:
-        raise ValueError(f"--video_chunk_seconds {a.video_chunk_seconds} must be above 0")
     if a.min_confidence > 1:
         raise ValueError(f"--min_confidence {a.min_confidence} is above 1 (MTCNN scores are 0 to 1)")
 

@@ -25,9 +25,10 @@ def write_image(path: Path, rgb: np.ndarray, params: list[int] | None = None) ->
 
 
 def write_video(path: Path, frames: int, fps: float = 10.0, size: tuple[int, int] = (96, 64),
-                brightness=lambda i: (i * 2) % 256) -> Path:
-    """An mp4 of uniform grey frames; frame i has the grey value ``brightness(i)`` (default 2 i)."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+                brightness=lambda i: (i * 2) % 256, fourcc: str = "mp4v") -> Path:
+    """A video (mp4v in MP4 unless ``fourcc`` says otherwise) of uniform grey frames; frame i has the
+    grey value ``brightness(i)`` (default 2 i)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
     for i in range(frames):
         writer.write(np.full((size[1], size[0], 3), brightness(i), np.uint8))
     writer.release()

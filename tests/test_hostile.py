@@ -144,6 +144,8 @@ EXPECTED: dict[str, tuple[str, str | None, str | None]] = {
     **{f"in/exif-{o}.jpg": ("no_face", None, None) for o in range(1, 9)},
     "in/zero-frames.mp4": ("error", "decode", "no media data (0 frames)"),
     "in/truncated.mp4": ("error", "decode", "truncated MP4/QuickTime file"),
+    "in/truncated.avi": ("error", "decode", "truncated video: the stream ends after"),
+    "in/trailer.jpg": ("ok", None, None),
     "in/fake.mp4": ("error", "decode", "not a video: the file holds text"),
     "in/clip.mp4": ("ok", None, None),
     "in/with space.png": ("ok", None, None),
@@ -201,6 +203,9 @@ def build_corpus(root: Path) -> list[str]:
     # Videos: empty container, cut short, not a video, and a good one.
     make_video(d / "zero-frames.mp4", 0)
     write_bytes(d / "truncated.mp4", cut(make_video(d / "clip.mp4", 10)))
+    write_bytes(d / "truncated.avi", cut(write_video(d / "truncated.avi", frames=100, fps=10.0, size=(128, 64),
+                                                     brightness=lambda i: 60, fourcc="MJPG"), 0.3))
+    write_bytes(d / "trailer.jpg", _encoded(_picture(1), ".jpg") + b"\0" * 500)  # data after the image
     write_bytes(d / "fake.mp4", b"this is not a video\n" * 10)
     # File names.
     write_image(d / "with space.png", _picture(1))
@@ -531,7 +536,7 @@ def test_a_summary_that_cannot_be_read_back_does_not_fail_a_finished_run(tmp_pat
 @pytest.mark.parametrize("flags, message", [
     (["--input", ""], "--input is empty"),
     (["--max_frames_per_video", "-1"], "--max_frames_per_video -1 is below 0"),
-    (["--video_chunk_seconds", "0"], "must be above 0"),
+    (["--video_chunk_seconds", "-1"], "--video_chunk_seconds -1.0 is below 0"),
     (["--min_batch_size", "8", "--max_batch_size", "4"], "--max_batch_size 4 is below 8"),
     (["--min_confidence", "1.5"], "above 1"),
     (["--emotion_model", "no_such_model"], "no_such_model"),

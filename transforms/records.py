@@ -29,6 +29,7 @@ class SourceTask(NamedTuple):
     end_frame: int | None = None
     fps: float = 0.0
     last: bool = True  # the source's last task (progress reporting counts the file as done)
+    declared_frames: int = 0  # the video's frame count as its container declares it (0: unknown)
 
 
 class Frame(NamedTuple):

@@ -62,7 +62,8 @@ LOG = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 # Animated GIFs are read as videos (OpenCV decodes them frame by frame).
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", ".gif", ".mpg", ".mpeg", ".wmv"})
-
+# The least a range of a video is planned to hold: the ranges of a file are capped at its size over this.
+MIN_RANGE_BYTES = 256 * 1024
 
 
 class ReadError(ValueError):
@@ -345,9 +346,12 @@ class _PlanTasksFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(self.FAILED, ErrorRecord(entry.uri, "decode", f"VideoError: {e}"))
                 return
         chunk = int(round(self._options.video_chunk_seconds * info.fps))
-        ranges = video.split_ranges(info.frame_count, chunk)
+        # No more ranges than the file's size allows for (a small file may declare billions of frames).
+        size = entry.size_bytes or 0
+        ranges = video.split_ranges(info.frame_count, chunk, 1 + size // MIN_RANGE_BYTES if size else 0)
         for k, (start, end) in enumerate(ranges):
-            yield SourceTask(entry.uri, "video", start, end, info.fps, last=k == len(ranges) - 1)
+            yield SourceTask(entry.uri, "video", start, end, info.fps, last=k == len(ranges) - 1,
+                             declared_frames=info.frame_count)
 
 
 class local_copy:
@@ -422,7 +426,7 @@ class _DecodeFn(beam.DoFn):
             with local_copy(task.uri) as path:
                 for index, ts, image in video.read_frames(
                         path, task.fps, self._options.video_fps, self._options.max_frames_per_video,
-                        task.start_frame, task.end_frame):
+                        task.start_frame, task.end_frame, task.declared_frames):
                     n += 1
                     yield Frame(task.uri, "video", index, ts, image)
         count("frames", n)

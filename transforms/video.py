@@ -1,8 +1,8 @@
 """Video helpers (OpenCV, no Beam): probing, frame sampling and splitting into frame ranges.
 
-Frame ``i`` of a stream at ``fps`` frames/s sits at ``i / fps`` seconds. Sampling at ``rate``
-frames/s keeps the first frame of each ``1 / rate`` interval, so the choice of a frame depends on
-its index alone and a video split into ranges samples exactly the frames of the whole.
+Sampling at ``rate`` frames/s keeps the first frame of each ``1 / rate`` interval of frame indices
+at the container's (average) frame rate, so the choice of a frame depends on its index alone and a
+video split into ranges samples exactly the frames of the whole. Timestamps are the frames' own.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from transforms.imaging import describe_content
 
 __all__ = ["VideoError", "VideoInfo", "probe_video", "video_problem", "sample_slot", "is_sampled", "split_ranges",
-           "read_frames"]
+           "truncation", "read_frames"]
 
 # Frame rate assumed when a container reports none (OpenCV gives 0 or NaN for some streams).
 DEFAULT_FPS = 25.0
@@ -122,19 +122,37 @@ def is_sampled(index: int, fps: float, rate: float) -> bool:
     return index == 0 or sample_slot(index, fps, rate) != sample_slot(index - 1, fps, rate)
 
 
-def split_ranges(frame_count: int, chunk_frames: int) -> list[tuple[int, int | None]]:
-    """``[start, end)`` frame ranges of at most ``chunk_frames``; one open range when the count is unknown."""
+def split_ranges(frame_count: int, chunk_frames: int, max_ranges: int = 0) -> list[tuple[int, int | None]]:
+    """``[start, end)`` frame ranges of about ``chunk_frames`` each, at most ``max_ranges`` of them (0: no
+    cap; longer ranges then). The last range is open (end None), so frames past a container's
+    declared count are read as they would be without ranges; one open range when the count is unknown."""
     if frame_count <= 0 or chunk_frames <= 0 or frame_count <= chunk_frames:
         return [(0, None)]
-    return [(s, min(s + chunk_frames, frame_count)) for s in range(0, frame_count, chunk_frames)]
+    if max_ranges > 0 and math.ceil(frame_count / chunk_frames) > max_ranges:
+        chunk_frames = math.ceil(frame_count / max_ranges)
+    starts = list(range(0, frame_count, chunk_frames))
+    return [(s, e) for s, e in zip(starts, starts[1:])] + [(starts[-1], None)]
+
+
+def truncation(index: int, declared: int, fps: float) -> str | None:
+    """Why a stream that ends at frame ``index`` is cut short of the ``declared`` frames of its
+    container, or None. Counts some containers estimate (from the duration) may be a little off:
+    up to 2 seconds or 5% of the frames short is not a truncation."""
+    missing = declared - index
+    if declared <= 0 or missing <= max(2.0 * fps, 0.05 * declared):
+        return None
+    return (f"truncated video: the stream ends after {index} frames ({index / fps:.1f} s) of the {declared} "
+            f"({declared / fps:.1f} s) its container declares")
 
 
 def read_frames(path: str, fps: float, rate: float, max_frames: int, start: int = 0,
-                end: int | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
+                end: int | None = None, declared: int = 0) -> Iterator[tuple[int, float, np.ndarray]]:
     """Yields (frame index, timestamp s, RGB uint8 frame) for the sampled frames in ``[start, end)``.
 
     Frames are decoded one at a time; ``max_frames`` (0: no limit) caps the sampled frames of the
-    whole video, counted from its start, so ranges honour it too.
+    whole video, counted from its start, so ranges honour it too. The timestamp is the frame's own
+    (its presentation time, right for a variable frame rate), or ``index / fps`` where the stream
+    has none. Raises VideoError when the stream ends far short of the ``declared`` frame count.
     """
     cap = _open(path)
     try:
@@ -152,12 +170,23 @@ def read_frames(path: str, fps: float, rate: float, max_frames: int, start: int 
             wanted = index >= start and is_sampled(index, fps, rate)
             ok = cap.grab()
             if not ok:
+                problem = truncation(index, declared, fps)
+                if problem:
+                    raise VideoError(problem)
                 return
             if wanted:
                 ok, bgr = cap.retrieve()
                 if not ok or bgr is None:
                     raise VideoError(f"frame {index} does not decode")
-                yield index, index / fps, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                yield index, _timestamp(cap, index, fps), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             index += 1
     finally:
         cap.release()
+
+
+def _timestamp(cap: cv2.VideoCapture, index: int, fps: float) -> float:
+    """Seconds from the start of the stream to the frame just grabbed."""
+    ms = cap.get(cv2.CAP_PROP_POS_MSEC)
+    if index > 0 and not (ms and math.isfinite(ms) and ms > 0):  # no presentation time in the stream
+        return index / fps
+    return round(ms / 1000.0, 6)
