@@ -304,7 +304,7 @@ class LiveAnalyzer:
         self._smoother.retain(self._tracker.active_ids)
         n = len(EMOTIONS)
         return [
-            LiveFace(int(track_id), crop._replace(crop=None),
+            LiveFace(int(track_id), crop._replace(crop=None, track_id=int(track_id)),
                      FaceAttributes(s[:n].astype(np.float32), float(s[n]), float(s[n + 1])))
             for track_id, crop, s in zip(ids, crops, smooth)
         ]
@@ -447,6 +447,9 @@ def _check(options: LiveOptions, live: bool) -> None:
         raise ValueError(f"--min_face_size must be > 0 pixels, got {options.min_face_size}")
     if options.record and not options.record.lower().endswith((".mp4", ".m4v", ".mov")):
         raise ValueError(f"--record {options.record!r}: give an .mp4 path (the video is written with mp4v)")
+    for flag, path in (("--log", options.log), ("--record", options.record)):
+        if path and os.path.isdir(path):
+            raise ValueError(f"{flag} {path!r} is a directory; give the path of the file to write")
 
 
 def _default_run_id() -> str:
@@ -608,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
                                    resolve(args.age_gender_model, "age-gender"), runtime=args.model_runtime,
                                    tta=args.tta)
         stats = run_live(source, options, handler=handler, run_id=args.run_id)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: an output that cannot be written, a missing file
         print(f"facebeam live: error: {e}", file=sys.stderr)
         return 2
     print(format_stats(stats))

@@ -115,6 +115,7 @@ def test_draw_faces_outlines_the_box_and_leaves_the_rest():
     (["--source", "0", "--every", "2"], "--every applies to video files"),
     (["--source", str(CLIP), "--record", "out.avi"], ".mp4"),
     (["--source", str(CLIP), "--every", "0"], "--every must be >= 1"),
+    (["--source", str(CLIP), "--log", str(CLIP.parent)], "is a directory"),
 ])
 def test_main_reports_bad_arguments(argv, message, capsys):
     assert live.main(argv) == 2
@@ -164,6 +165,7 @@ def test_file_every_n_frames_with_log_in_row_groups(tmp_path):
     assert log.metadata.num_row_groups == 4  # written as it went, one group per analysed frame
     rows = log.read().to_pylist()
     assert [r["frame_index"] for r in rows] == [0, 0, 3, 3, 6, 6, 9, 9]
+    assert [r["track_id"] for r in rows] == [0, 1] * 4  # the ids drawn on screen
     assert [r["timestamp_s"] for r in rows] == pytest.approx([0, 0, 0.3, 0.3, 0.6, 0.6, 0.9, 0.9])
     assert {r["run_id"] for r in rows} == {"r1"} and {r["source_type"] for r in rows} == {"video"}
     assert {r["emotion_model"] for r in rows} == {SPECS[0].tag}
