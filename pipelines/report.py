@@ -32,6 +32,7 @@ import sys
 from dataclasses import dataclass
 
 import duckdb
+import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -262,8 +263,8 @@ def _gallery(con, k: int, has_crops: bool) -> list[GalleryFace]:
 
 def _confidence(con, bins: int) -> tuple[list[tuple[float, float, int]], int]:
     lo, hi, missing = con.execute(
-        "SELECT min(detection_confidence)::DOUBLE, max(detection_confidence)::DOUBLE, "
-        "count(*) FILTER (detection_confidence IS NULL) FROM faces").fetchall()[0]
+        "SELECT min(c), max(c), count(*) FILTER (c IS NULL) FROM (SELECT CASE WHEN isfinite("
+        "detection_confidence::DOUBLE) THEN detection_confidence::DOUBLE END AS c FROM faces)").fetchall()[0]
     if lo is None:
         return [], int(missing)
     # Equal-width bins over the observed range (one bin if all scores are equal): MTCNN's scores
@@ -272,7 +273,7 @@ def _confidence(con, bins: int) -> tuple[list[tuple[float, float, int]], int]:
     width = (hi - lo) / n if hi > lo else 1.0
     counts = dict(con.execute("""
         SELECT least(floor((detection_confidence::DOUBLE - $lo) / $w)::BIGINT, $n - 1) AS bin, count(*)
-        FROM faces WHERE detection_confidence IS NOT NULL GROUP BY bin""",
+        FROM faces WHERE isfinite(detection_confidence::DOUBLE) GROUP BY bin""",
                               {"lo": lo, "w": width, "n": n}).fetchall())
     edges = [(lo + i * width, hi if i == n - 1 else lo + (i + 1) * width) for i in range(n)]
     return [(a, b, int(counts.get(i, 0))) for i, (a, b) in enumerate(edges)], int(missing)
@@ -655,7 +656,15 @@ def render_html(data: ReportData, charts: dict[str, str], thumbs: list[bytes | N
 
 
 def draw_charts(data: ReportData) -> dict[str, str]:
-    """The report's charts as base64 PNG, by name; charts without data are left out."""
+    """The report's charts as base64 PNG, by name; charts without data are left out.
+
+    Text is drawn as written: ``$`` in a folder or file name does not start matplotlib's math mode.
+    """
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _draw_charts(data)
+
+
+def _draw_charts(data: ReportData) -> dict[str, str]:
     charts = {}
     if data.totals["faces"]:
         charts["emotions"] = _emotion_chart(data)

@@ -297,3 +297,14 @@ def test_the_page_renders_in_headless_chromium(by_folder, tmp_path):
         capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
     assert shot.exists() and shot.stat().st_size > 0
+
+
+def test_dollar_signs_in_names_and_a_nan_score_do_not_break_the_report(tmp_path):
+    """Folder names are chart labels (matplotlib would read $...$ as math); a NaN score is a missing one."""
+    faces = [face(f"/data/{folder}/p.jpg", "happy", 0.9) for folder in ("C$", "a$^^$b", "$_$")]
+    faces.append(face("/data/x/q.jpg", "sad", 0.5, detection_confidence=float("nan")))
+    sources = [source(f["source_uri"], "image", 1) for f in faces]
+    text, page = _render(write_output(tmp_path / "out", faces, sources), tmp_path)
+    assert page.metric("faces") == 4
+    data = report.collect(sql.connect(str(tmp_path / "out")), str(tmp_path / "out"), report.ReportOptions())
+    assert sum(n for _, _, n in data.confidence_bins) == 3 and data.confidence_missing == 1
