@@ -245,7 +245,7 @@ def build(p, patterns, output: str, handler, run_info: RunInfo, read_options: Re
     read = p | "ReadSources" >> ReadSources(patterns, read_options)
     faces, detect_errors = read.frames | "DetectFaces" >> DetectFaces(detect_options, detector_factory)
     predicted, inference_errors = faces | "PredictAttributes" >> PredictAttributes(handler, store_crops)
-    tracked, tracks = predicted | "AssignTracks" >> AssignTracks(run_info.run_id)
+    tracked, tracks = predicted | "AssignTracks" >> AssignTracks(run_info.run_id, rate=read_options.video_fps)
     errors = (read.errors, detect_errors, inference_errors) | "AllErrors" >> beam.Flatten()
     if annotate:
         _ = (

@@ -31,7 +31,7 @@ def test_two_people_keep_their_tracks_through_a_gap_and_a_jump():
         if frame not in (10, 20):  # the left person turns away for two frames...
             x = 100.0 if frame < 30 else 75.0  # ...and comes back a little lower-left (IoU < 0.3)
             faces.append((_face(frame, 0, x, 50.0 if frame < 30 else 62.0), _attrs("sad", 8, 0.2)))
-    tracked = link_tracks(faces)
+    tracked = link_tracks(faces, rate=1.0)  # frames 10 apart at 10 frames/s: sampled once a second
     ids = {(f.frame_index, round(f.box[0])): f.track_id for f, _ in tracked}
     left = {t for (frame, x), t in ids.items() if x < 300}
     right = {t for (frame, x), t in ids.items() if x >= 300}
@@ -41,7 +41,22 @@ def test_two_people_keep_their_tracks_through_a_gap_and_a_jump():
 
 def test_far_jump_starts_a_new_track():
     faces = [(_face(0, 0, 10.0), _attrs("happy", 30, 0.9)), (_face(10, 0, 500.0), _attrs("happy", 30, 0.9))]
-    assert [f.track_id for f, _ in link_tracks(faces)] == [0, 1]
+    assert [f.track_id for f, _ in link_tracks(faces, rate=1.0)] == [0, 1]
+
+
+def test_a_person_missing_for_more_than_max_missed_sampled_frames_starts_a_new_track():
+    """Sampled frames without faces never reach the linking: the gap is counted from the timestamps."""
+    def at(frame):
+        return (_face(frame, 0, 100.0), _attrs("happy", 30, 0.9))
+
+    # sampled once a second (every 10th frame): 5 empty sampled frames keep the track, 6 end it
+    assert [f.track_id for f, _ in link_tracks([at(0), at(10), at(70)], rate=1.0)] == [0, 0, 0]
+    assert [f.track_id for f, _ in link_tracks([at(0), at(10), at(80)], rate=1.0)] == [0, 0, 1]
+    assert [f.track_id for f, _ in link_tracks([at(0), at(10), at(620)], rate=1.0)] == [0, 0, 1]
+    # every frame sampled: the frame indices count the gap
+    assert [f.track_id for f, _ in link_tracks([at(0), at(6), at(13)])] == [0, 0, 1]
+    # sampled faster than the video's frame rate: still every frame, counted by index
+    assert [f.track_id for f, _ in link_tracks([at(0), at(2), at(4)], rate=30.0)] == [0, 0, 0]
 
 
 def test_centre_matching_is_off_by_default_in_the_tracker():

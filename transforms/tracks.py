@@ -42,28 +42,43 @@ TRACKS_SCHEMA = pa.schema([
 
 
 def link_tracks(faces: Iterable[tuple[FaceCrop, FaceAttributes]], min_iou: float = 0.3,
-                max_missed: int = 5, max_shift: float = 0.75) -> list[tuple[FaceCrop, FaceAttributes]]:
+                max_missed: int = 5, max_shift: float = 0.75,
+                rate: float = 0.0) -> list[tuple[FaceCrop, FaceAttributes]]:
     """The faces of one video with ``track_id`` set, in (frame_index, face_index) order.
 
     Faces are linked by box overlap (>= ``min_iou``), then, since sampled frames can be a second
     apart, by nearness: a face whose centre moved less than ``max_shift`` face widths.
-    ``max_missed``: frames with faces in which a person may go undetected (a turned head) and keep
-    the track.
+    ``max_missed``: sampled frames in which a person may go undetected (a turned head) and keep the
+    track. Sampled frames without faces are not among ``faces``: how many lie between two frames
+    with faces is told by their timestamps at the sampling ``rate`` (frames/s; 0: every frame) and
+    by their frame indices, whichever counts fewer.
     """
     ordered = sorted(faces, key=lambda fa: (fa[0].frame_index or 0, fa[0].face_index))
     tracker = Tracker(min_iou=min_iou, max_missed=max_missed, max_shift=max_shift)
     out: list[tuple[FaceCrop, FaceAttributes]] = []
+    previous: FaceCrop | None = None
     i = 0
     while i < len(ordered):
-        frame = ordered[i][0].frame_index
+        first = ordered[i][0]
         j = i
-        while j < len(ordered) and ordered[j][0].frame_index == frame:
+        while j < len(ordered) and ordered[j][0].frame_index == first.frame_index:
             j += 1
+        if previous is not None:
+            for _ in range(min(_frames_between(previous, first, rate), max_missed + 1)):
+                tracker.update(np.zeros((0, 4)))
         group = ordered[i:j]
         ids = tracker.update(np.array([f.box for f, _ in group], np.float64).reshape(-1, 4))
         out += [(f._replace(track_id=int(t)), a) for (f, a), t in zip(group, ids)]
-        i = j
+        previous, i = first, j
     return out
+
+
+def _frames_between(earlier: FaceCrop, later: FaceCrop, rate: float) -> int:
+    """Sampled frames strictly between two frames of a video."""
+    between = max(0, (later.frame_index or 0) - (earlier.frame_index or 0) - 1)
+    if rate > 0 and earlier.timestamp_s is not None and later.timestamp_s is not None:
+        between = min(between, max(0, round((later.timestamp_s - earlier.timestamp_s) * rate) - 1))
+    return between
 
 
 def track_rows(source_uri: str, faces: list[tuple[FaceCrop, FaceAttributes]], run_id: str) -> list[dict]:
@@ -102,19 +117,20 @@ class AssignTracks(beam.PTransform):
     Image faces pass through untouched; video faces come back with ``track_id`` set.
     """
 
-    def __init__(self, run_id: str, min_iou: float = 0.3, max_missed: int = 5):
+    def __init__(self, run_id: str, min_iou: float = 0.3, max_missed: int = 5, rate: float = 0.0):
         super().__init__()
         self._run_id = run_id
         self._min_iou = min_iou
         self._max_missed = max_missed
+        self._rate = rate  # the frames/s videos were sampled at (0: every frame)
 
     def expand(self, predicted):
         parts = predicted | "ImageOrVideo" >> beam.Partition(lambda fa, n: int(fa[0].source_type == "video"), 2)
-        min_iou, max_missed, run_id = self._min_iou, self._max_missed, self._run_id
+        min_iou, max_missed, rate, run_id = self._min_iou, self._max_missed, self._rate, self._run_id
 
         def link(keyed):
             uri, faces = keyed
-            tracked = link_tracks(faces, min_iou, max_missed)
+            tracked = link_tracks(faces, min_iou, max_missed, rate=rate)
             count("tracks", len({f.track_id for f, _ in tracked}))
             return uri, tracked
 
