@@ -19,7 +19,11 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.nd
 
 
 def classification_report(y_true: np.ndarray, probs: np.ndarray, classes: tuple[str, ...]) -> dict:
-    """Accuracy, per-class precision/recall/F1/support, macro-F1, confusion and ECE."""
+    """Accuracy, per-class precision/recall/F1/support, macro-F1, confusion and ECE.
+
+    Macro-F1 averages the classes that occur in ``y_true`` or among the predictions (as
+    scikit-learn does by default): a class absent from both has no F1 to count.
+    """
     y_pred = probs.argmax(axis=1)
     m = confusion(y_true, y_pred, len(classes))
     tp = np.diag(m).astype(np.float64)
@@ -27,10 +31,11 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray, classes: tuple[
         precision = np.where(m.sum(0) > 0, tp / m.sum(0), 0.0)
         recall = np.where(m.sum(1) > 0, tp / m.sum(1), 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    present = (m.sum(0) + m.sum(1)) > 0
     return {
         "n": int(len(y_true)),
         "accuracy": float(tp.sum() / max(len(y_true), 1)),
-        "macro_f1": float(f1.mean()),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "per_class": {
             c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                 "support": int(m[i].sum())}

@@ -74,6 +74,9 @@ def test_classification_report_and_ece():
     perfect = np.eye(2)[y]
     assert expected_calibration_error(y, perfect) == 0.0
     assert expected_calibration_error(y, probs) > 0
+    # macro-F1 over the classes that occur or are predicted: a third class absent from both is not a zero
+    three = classification_report(y, np.c_[probs, np.zeros(4)], ("a", "b", "c"))
+    assert three["macro_f1"] == pytest.approx(r["macro_f1"]) == pytest.approx((2 / 3 + 0.8) / 2)
 
 
 def test_validation_split_is_stable_and_about_ten_percent():
