@@ -11,6 +11,15 @@ fits T on the Training file's validation split (``models.data.validation_mask``)
 ECE before and after on the evaluation file. A model trained on every Training face (the shipped ones are)
 has seen that split, so its T there is fitted on training data; the training recipe fits T on the
 PublicTest faces instead and records a cross-fitted ECE as well (see ``cross_fitted``).
+
+Averaging the views of test-time augmentation already softens the probabilities, so each TTA mode
+needs its own T (a T fitted on single views miscalibrates the mean of six). The recipe records one
+per mode in the sidecar (``temperatures``); for a model recorded before that,
+
+    python -m models.calibration --model emotion_v2 --record ../shared/data/fer2013/fer2013_PublicTest.npz
+
+scores it on that file as the recipe does (``models.train.emotion_record``: the figures with each
+TTA mode, a T fitted for each) and writes the results into the model's sidecar.
 """
 
 from __future__ import annotations
@@ -130,15 +139,22 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODELS["emotion"],
                    help="shipped emotion model name or .keras path with sidecar")
-    p.add_argument("--data", required=True, help="FER2013 Training npz: T is fitted on its validation split")
-    p.add_argument("--eval", required=True, help="FER2013-layout npz on which ECE before and after is reported")
+    p.add_argument("--data", help="FER2013 Training npz: T is fitted on its validation split")
+    p.add_argument("--eval", help="FER2013-layout npz on which ECE before and after is reported")
     p.add_argument("--tta", action="store_true", help="calibrate the flip-TTA probabilities")
+    p.add_argument("--record", default=None, metavar="PUBLIC_TEST_NPZ",
+                   help="instead: score the model on this file as the recipe does (figures for each TTA mode, a "
+                        "temperature fitted for each) and write them into its sidecar")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     from models import data as fdata
     from models.registry import load_checked, resolve
     from models.train import emotion_predict
 
+    if args.record:
+        return _record(args.model, args.record, args.json)
+    if not args.data or not args.eval:
+        p.error("give --data and --eval, or --record")
     try:
         spec = resolve(args.model, "emotion")
         model = load_checked(spec)
@@ -149,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         x_eval, y_eval = fdata.fer_faces(fdata.load_fer(args.eval), spec.classes)
         if not len(y_fit):
             raise ValueError(f"{args.data} has no faces in its validation split to fit on")
-    except (ValueError, FileNotFoundError) as e:
+        if not len(y_eval):
+            raise ValueError(f"{args.eval} has no faces of the model's classes to evaluate on")
+    except (ValueError, OSError) as e:
         print(f"models.calibration: error: {e}", file=sys.stderr)
         return 2
     t = fit_temperature(emotion_predict(model, x_fit, args.tta), y_fit)
@@ -168,6 +186,44 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.eval} ({out['eval_n']} faces, accuracy {out['accuracy']:.4f}): "
               f"ECE {out['ece_before']:.4f} -> {out['ece_after']:.4f}, "
               f"NLL {out['nll_before']:.4f} -> {out['nll_after']:.4f}")
+    return 0
+
+
+def _record(model_name: str, path: str, as_json: bool) -> int:
+    """``--record``: the recipe's figures and per-mode temperatures into the sidecar of ``model_name``."""
+    from pathlib import Path
+
+    from models import data as fdata
+    from models.registry import load_checked, resolve
+    from models.train import FGSM_EPS, emotion_record
+
+    try:
+        spec = resolve(model_name, "emotion")
+        sidecar = Path(spec.path).with_suffix(".json")
+        meta = json.loads(sidecar.read_text())
+        classes = tuple(spec.classes or fdata.LABEL_SETS["7"][0])
+        faces = fdata.emotion_targets(fdata.load_fer(path), fdata.label_set_of(classes))
+        if not len(faces.labels):
+            raise ValueError(f"{path} has no faces of the model's classes")
+        eps = (meta.get("recipe") or {}).get("adv_step", FGSM_EPS)
+        # An ensemble's views are inside the model: it is scored on plain faces only, as when it was made.
+        record = emotion_record(load_checked(spec), faces, classes, eps, tta="ensemble" not in meta)
+    except (ValueError, OSError) as e:
+        print(f"models.calibration: error: {e}", file=sys.stderr)
+        return 2
+    if abs(meta.get("temperature", record["temperature"]) - record["temperature"]) > 1e-3:
+        LOG.warning("the plain temperature refitted: %.4f (recorded %.4f)", record["temperature"], meta["temperature"])
+    meta.update(record)
+    meta["scored_by"] = f"python -m models.calibration --model {model_name} --record {path}"
+    sidecar.write_text(json.dumps(meta, indent=2) + "\n")
+    by_mode = record["calibration_by_tta"]
+    if as_json:
+        print(json.dumps({"model": spec.tag, "calibration_by_tta": by_mode}))
+    else:
+        for mode, c in by_mode.items():
+            print(f"{mode:<6} T {c['temperature']:.4f}  ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f} "
+                  f"(cross-fitted {c.get('ece_after_cross_fitted', float('nan')):.4f})")
+        print(f"wrote {sidecar}")
     return 0
 
 

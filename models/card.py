@@ -63,14 +63,25 @@ def _emotion_figures(rec: dict) -> list[str]:
     scored = [plain, *[rec[k] for k in ("public_test_tta", "public_test_tta_multi") if k in rec]]
     blanks = " |" * (len(scored) - 1)
     lines = [
-        "## Figures (FER2013 PublicTest, 3,589 faces)", "",
+        f"## Figures (FER2013 PublicTest, {plain['n']:,} faces)", "",
+        *([f"Scored with `{rec['scored_by']}` (the recipe's scoring, on the same weights).", ""]
+          if rec.get("scored_by") else []),
+        *([f"Smoke run: only the first {rec['recipe']['limit']} faces of each file; not a result.", ""]
+          if (rec.get("recipe") or {}).get("limit") else []),
         *_tta_header(len(scored)),
         "| accuracy | " + " | ".join(_pct(r["accuracy"]) for r in scored) + " |",
         "| macro F1 | " + " | ".join(f"{r['macro_f1']:.3f}" for r in scored) + " |",
         "| ECE (15 bins) | " + " | ".join(f"{r['ece']:.3f}" for r in scored) + " |",
     ]
     cal, fgsm = rec.get("calibration"), rec.get("public_test_fgsm")
-    if cal and "ece_after_cross_fitted" in cal:
+    by_mode = rec.get("calibration_by_tta")
+    if by_mode:
+        # The pipeline applies the temperature of its --tta mode (FaceModelHandler, unless --no_calibration).
+        cells = [by_mode.get(m) for m in ("none", "flip", "multi")[:len(scored)]]
+        lines.append("| ECE with the temperature fitted for the views (cross-fitted halves) | " + " | ".join(
+            f"{c['ece_after_cross_fitted']:.3f} (T {c['temperature']:.2f})" if c and "ece_after_cross_fitted" in c
+            else "" for c in cells) + " |")
+    elif cal and "ece_after_cross_fitted" in cal:
         # The pipeline applies this temperature (FaceModelHandler, unless --no_calibration).
         lines.append(f"| ECE with temperature {cal['temperature']:.2f} (cross-fitted halves) | "
                      f"{cal['ece_after_cross_fitted']:.3f} |{blanks}")

@@ -87,9 +87,17 @@ def load_fer(path: str | os.PathLike) -> FerData:
     with np.load(path, allow_pickle=False) as d:
         if "images" not in d.files or "labels" not in d.files:
             raise ValueError(f"{path}: not a FER2013 npz (needs 'images' and 'labels', has {d.files})")
+        images, labels = d["images"], d["labels"]
+        if images.ndim != 3 or len(images) != len(labels):
+            raise ValueError(f"{path}: FER2013 images are grey (N, H, W) with one label each; got images "
+                             f"{images.shape} and {len(labels)} labels")
+        bad = (labels < 0) | (labels >= len(EMOTIONS))
+        if bad.any():
+            raise ValueError(f"{path}: {int(bad.sum())} labels outside 0..{len(EMOTIONS) - 1} "
+                             f"(the FER2013 classes {', '.join(EMOTIONS)}), e.g. {labels[bad][0]}")
         votes = d["ferplus_votes"] if "ferplus_votes" in d.files else None
-        names = d["filenames"] if "filenames" in d.files else np.arange(len(d["labels"])).astype(str)
-        return FerData(d["images"].astype(np.uint8), d["labels"].astype(np.int64), votes, names)
+        names = d["filenames"] if "filenames" in d.files else np.arange(len(labels)).astype(str)
+        return FerData(images.astype(np.uint8), labels.astype(np.int64), votes, names)
 
 
 def load_utkface(path: str | os.PathLike, size: int = 64, validation: bool | None = None) -> UtkData:

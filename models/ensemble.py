@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from models import data as fdata
+from models.registry import ModelIntegrityError
 from models.tta import TTA_MODES, ZOOMS, view_count
 
 LOG = logging.getLogger("facebeam.ensemble")
@@ -170,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.command = "python -m models.ensemble " + shlex.join(argv)
-    ensemble_emotion(args)
+    try:
+        ensemble_emotion(args)
+    except (ValueError, OSError, ModelIntegrityError) as e:
+        print(f"facebeam ensemble: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -17,13 +17,14 @@ import argparse
 import json
 import logging
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from models import data as fdata
 from models.metrics import age_gender_report, classification_report, reliability_bins
-from models.registry import DEFAULT_MODELS, load_checked, resolve
+from models.registry import DEFAULT_MODELS, ModelIntegrityError, load_checked, resolve
 from models.tta import TTA_MODES, tta_mode
 
 __all__ = ["evaluate_emotion", "evaluate_age_gender", "main"]
@@ -165,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
                         "faces, 'multi' with zoomed copies too (6 views)")
     p.add_argument("--temperature", type=float, default=None,
                    help="emotion: divide log-probabilities by this fitted temperature (python -m models.calibration)")
+    p.add_argument("--calibrated", action="store_true",
+                   help="emotion: apply the temperature the model's sidecar records for the --tta mode, as "
+                        "'facebeam analyze' does (its probabilities exactly)")
     p.add_argument("--perturb", type=float, default=0.0, metavar="EPS",
                    help="emotion: also report accuracy on FGSM-perturbed faces, EPS on the [0, 1] pixel scale")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -175,18 +179,32 @@ def main(argv: list[str] | None = None) -> int:
             spec = resolve(args.model or DEFAULT_MODELS["emotion"], "emotion")
             if args.temperature is not None and args.temperature <= 0:
                 raise ValueError(f"--temperature must be positive, not {args.temperature}")
+            if args.calibrated and args.temperature is not None:
+                raise ValueError("give --temperature or --calibrated, not both")
+            temperature = spec.temperature_for(args.tta) if args.calibrated else args.temperature
             classes = tuple(spec.classes or fdata.LABEL_SETS["7"][0])
             images, labels = fdata.fer_faces(fdata.load_fer(args.data), classes)
+            if not len(labels):
+                raise ValueError(f"{args.data}: no faces of the model's classes ({', '.join(classes)}) to score")
+            if images.shape[1:] != tuple(spec.input_shape[:2]):
+                raise ValueError(f"{args.data}: faces of {images.shape[1]}x{images.shape[2]} pixels; {spec.name} "
+                                 f"takes {spec.input_shape[0]}x{spec.input_shape[1]}")
             report, probs = evaluate_emotion(load_checked(spec), images, labels, classes, args.tta,
-                                             args.temperature, args.perturb)
+                                             temperature, args.perturb)
             plots = _plot_emotion(report, labels, probs, classes, Path(args.plot)) if args.plot else []
         else:
             spec = resolve(args.model or DEFAULT_MODELS["age-gender"], "age-gender")
             split = None if args.split == "all" else args.split == "validation"
             utk = fdata.load_utkface(args.data, size=spec.input_shape[0], validation=split)
+            if not len(utk.age):
+                raise ValueError(f"{args.data}: no faces to score" + (f" in the {args.split} split" if split is not None
+                                                                      else ""))
             report, age, _ = evaluate_age_gender(load_checked(spec), utk, args.tta)
             plots = _plot_age_gender(report, utk, age, Path(args.plot)) if args.plot else []
-    except (ValueError, FileNotFoundError) as e:
+    except zipfile.BadZipFile as e:  # a cut-off download
+        print(f"facebeam evaluate: error: {args.data}: not a readable .npz ({e})", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, ModelIntegrityError) as e:
         print(f"facebeam evaluate: error: {e}", file=sys.stderr)
         return 2
     report["model"] = spec.tag

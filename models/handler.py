@@ -15,6 +15,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from models.labels import EMOTIONS
 from models.registry import ModelSpec, load_checked, verify
 from models.tta import tta_mode, views
 
@@ -42,8 +43,9 @@ class FaceModels:
 
     emotion_source: Any  # keras.Model, or the ModelSpec to load it from on first use
     age_gender_source: Any  # keras.Model, or the ModelSpec to load it from on first use
-    # Softmax temperature applied to the emotion probabilities (1: as the network gives them).
-    emotion_temperature: float = 1.0
+    # Softmax temperatures applied to the emotion probabilities after the views of a TTA mode are
+    # averaged: (mode, temperature) pairs; a mode without one gets the probabilities as they are.
+    emotion_temperatures: tuple[tuple[str, float], ...] = ()
     # (emotion, age_gender) as models.litert.LiteModel, or None to run them with TensorFlow.
     lite: tuple | None = None
 
@@ -61,32 +63,37 @@ class FaceModels:
         """The age + gender Keras model."""
         return _keras(self.age_gender_source)
 
+    def temperature_for(self, tta: bool | str = "none") -> float:
+        """The temperature applied to the emotion probabilities averaged over ``tta``'s views."""
+        return float(dict(self.emotion_temperatures).get(tta_mode(tta), 1.0))
+
     def predict(self, x_emotion: np.ndarray, x_age: np.ndarray, tta: bool | str = "none"):
         """(emotion (N, 7), age (N,), P(female) (N,)) for float32 (N, S, S, 1) and (N, S, S, 3) pixels;
-        with ``tta`` (``models.tta``: "flip", "multi", or True for "flip"), averaged over the views."""
+        with ``tta`` (``models.tta``: "flip", "multi", or True for "flip"), averaged over the views.
+        The emotion probabilities are then calibrated with the temperature fitted for that mode."""
+        from models.calibration import apply_temperature
+
         x_emotion, x_age = np.asarray(x_emotion, np.float32), np.asarray(x_age, np.float32)
         one_view = self._predict_lite if self.lite is not None else self._predict_tf
         # mirrored views are strided numpy views; both runtimes take contiguous arrays
         outputs = [one_view(np.ascontiguousarray(e), np.ascontiguousarray(a))
                    for e, a in zip(views(x_emotion, tta), views(x_age, tta))]
-        if len(outputs) == 1:
-            return outputs[0]
-        return tuple(np.mean([o[k] for o in outputs], axis=0, dtype=np.float32) for k in range(3))
+        emotion, age, p_female = outputs[0] if len(outputs) == 1 else tuple(
+            np.mean([o[k] for o in outputs], axis=0, dtype=np.float32) for k in range(3))
+        temperature = self.temperature_for(tta)
+        if temperature != 1.0 and len(emotion):
+            emotion = apply_temperature(emotion, temperature).astype(np.float32)
+        return emotion, age, p_female
 
     def _predict_tf(self, x_emotion, x_age):
         emotion, age, p_female = self._forward(x_emotion, x_age)
         return emotion.numpy(), age.numpy(), p_female.numpy()
 
     def _predict_lite(self, x_emotion, x_age):
-        """``_predict_tf`` with the LiteRT models: the traced graph's arithmetic, in numpy."""
-        from models.calibration import apply_temperature
-
+        """``_predict_tf`` with the LiteRT models."""
         emotion_model, age_model = self.lite
-        probs = emotion_model(x_emotion)
-        if self.emotion_temperature != 1.0:
-            probs = apply_temperature(probs, self.emotion_temperature).astype(np.float32)
         out = age_model(x_age)
-        return probs, out["age"][:, 0], out["gender"][:, 0]
+        return emotion_model(x_emotion), out["age"][:, 0], out["gender"][:, 0]
 
     @functools.cached_property
     def _forward(self):
@@ -102,18 +109,9 @@ class FaceModels:
         spec = [tf.TensorSpec((None, *self.emotion.input_shape[1:]), tf.float32),
                 tf.TensorSpec((None, *self.age_gender.input_shape[1:]), tf.float32)]
 
-        temperature = float(self.emotion_temperature)
-
-        def emotion_probs(x):
-            probs = self.emotion(x, training=False)
-            if temperature == 1.0:
-                return probs
-            # models.calibration.apply_temperature, in the graph: log p is the logits up to a constant.
-            return tf.nn.softmax(tf.math.log(tf.maximum(probs, 1e-12)) / temperature, axis=-1)
-
         def forward(x_emotion, x_age):
             out = self.age_gender(x_age, training=False)
-            return emotion_probs(x_emotion), out["age"][:, 0], out["gender"][:, 0]
+            return self.emotion(x_emotion, training=False), out["age"][:, 0], out["gender"][:, 0]
 
         return tf.function(forward, input_signature=spec)
 
@@ -162,8 +160,9 @@ class FaceModelHandler(ModelHandler[tuple, PredictionResult, FaceModels]):
       runtime: what runs the models, one of ``RUNTIMES``: "litert" (converted once, cached; on CPUs
         about a third faster than TensorFlow, same outputs), "tensorflow", or "auto" (TensorFlow
         where it sees a GPU, else LiteRT; TensorFlow also where the conversion fails).
-      calibrate: apply the emotion model's fitted softmax temperature (its sidecar's, see
-        ``models.calibration``), so the emotion probabilities are calibrated; the top class is kept.
+      calibrate: apply the emotion model's softmax temperature fitted for ``tta``'s views (its
+        sidecar's, see ``models.calibration``), so the emotion probabilities are calibrated; the top
+        class is kept. A model without a temperature for that mode is left as it is.
     """
 
     def __init__(self, emotion: ModelSpec, age_gender: ModelSpec, min_batch_size: int = 1,
@@ -175,6 +174,9 @@ class FaceModelHandler(ModelHandler[tuple, PredictionResult, FaceModels]):
             raise ValueError("FaceModelHandler needs an emotion and an age-gender model spec")
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
+        if emotion.classes and tuple(emotion.classes) != EMOTIONS:
+            raise ValueError(f"{emotion.name} predicts {len(emotion.classes)} classes ({', '.join(emotion.classes)}); "
+                             f"the faces table holds the {len(EMOTIONS)} FER2013 emotions: give a 7-class model")
         self._emotion = emotion
         self._age_gender = age_gender
         self._batching = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
@@ -197,8 +199,8 @@ class FaceModelHandler(ModelHandler[tuple, PredictionResult, FaceModels]):
             verify(spec)
         lite = self._lite()
         sources = self.specs if lite is not None else tuple(load_checked(spec) for spec in self.specs)
-        return FaceModels(*sources, emotion_temperature=self._emotion.temperature if self._calibrate else 1.0,
-                          lite=lite)
+        temperatures = ((self._tta, self._emotion.temperature_for(self._tta)),) if self._calibrate else ()
+        return FaceModels(*sources, emotion_temperatures=temperatures, lite=lite)
 
     def _lite(self) -> tuple | None:
         """The models for LiteRT, where the runtime asks for it; None: TensorFlow runs them."""

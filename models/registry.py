@@ -39,7 +39,9 @@ class ModelSpec:
 
     ``input_shape``: (side, side, channels) of the pixels it takes (float32 in [0, 255]);
     ``template``: (eye_distance, eye_y) fractions of the side where its training faces had the eyes;
-    ``temperature``: the softmax temperature fitted for an emotion model's probabilities (1: none).
+    ``temperature``: the softmax temperature fitted for an emotion model's probabilities (1: none);
+    ``temperatures``: (TTA mode, temperature) pairs, each fitted for the probabilities averaged over
+    that mode's views (``models.tta``), see ``temperature_for``.
     """
 
     name: str
@@ -50,6 +52,13 @@ class ModelSpec:
     template: tuple[float, float]
     classes: tuple[str, ...] = ()
     temperature: float = 1.0
+    temperatures: tuple[tuple[str, float], ...] = ()
+
+    def temperature_for(self, tta: str = "none") -> float:
+        """The temperature fitted for the mean probabilities over the views of TTA mode ``tta``; 1 (none)
+        where no fit for that mode is recorded, as one fitted for other views would miscalibrate them."""
+        fitted = dict(self.temperatures) or {"none": self.temperature}
+        return float(fitted.get(tta, 1.0))
 
     @property
     def tag(self) -> str:
@@ -75,7 +84,13 @@ def resolve(name_or_path: str, task: str) -> ModelSpec:
         raise FileNotFoundError(f"model file {path} not found")
     if not sidecar.is_file():
         raise FileNotFoundError(f"model {path} has no sidecar {sidecar.name} (written by 'facebeam train')")
-    meta = json.loads(sidecar.read_text())
+    try:
+        meta = json.loads(sidecar.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{sidecar}: not a JSON sidecar ({e})") from None
+    missing = [k for k in ("task", "sha256", "input", "template") if k not in meta]
+    if missing:
+        raise ValueError(f"{sidecar} lacks {', '.join(missing)} (sidecars are written by 'facebeam train')")
     if meta.get("task") != task:
         raise ValueError(f"{path} is a {meta.get('task')!r} model, not {task!r}")
     pinned = SHIPPED.get(path.stem) if path.parent.resolve() == WEIGHTS_DIR else None
@@ -85,6 +100,7 @@ def resolve(name_or_path: str, task: str) -> ModelSpec:
         name=path.stem, task=task, path=str(path), sha256=meta["sha256"],
         input_shape=tuple(meta["input"]), template=tuple(meta["template"]), classes=tuple(meta.get("classes", ())),
         temperature=float(meta.get("temperature") or 1.0),
+        temperatures=tuple(sorted((str(k), float(v)) for k, v in (meta.get("temperatures") or {}).items())),
     )
 
 

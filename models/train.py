@@ -288,7 +288,8 @@ def emotion_record(model, test: fdata.EmotionTargets, classes: tuple[str, ...], 
         probs = means_by_mode([emotion_predict(model, v, tta=False) for v in views(test.images, "multi")])
     else:
         probs = {"none": emotion_predict(model, test.images, tta=False)}
-    calibration = calibration_record(probs["none"], test.labels, test.filenames, "PublicTest")
+    by_mode = {mode: calibration_record(p, test.labels, test.filenames, "PublicTest") for mode, p in probs.items()}
+    calibration = by_mode["none"]
     return {
         "public_test": classification_report(test.labels, probs["none"], classes),
         **{key: classification_report(test.labels, probs[mode], classes)
@@ -296,6 +297,9 @@ def emotion_record(model, test: fdata.EmotionTargets, classes: tuple[str, ...], 
         # Fitted on the faces the recipe selects on; ece_after_cross_fitted fits each half on the other.
         "temperature": calibration["temperature"],
         "calibration": calibration,
+        # One per TTA mode, fitted on the mean probabilities over its views (what the pipeline averages).
+        "temperatures": {mode: c["temperature"] for mode, c in by_mode.items()},
+        "calibration_by_tta": by_mode,
         "public_test_fgsm": {"eps": fgsm_eps,
                              "accuracy": accuracy_under_fgsm(model, test.images, test.labels, fgsm_eps)},
     }

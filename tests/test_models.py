@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,3 +128,57 @@ def test_evaluate_cli_on_any_file_of_the_layouts(tmp_path, capsys):
     assert set(report["by_race"]) == {"white", "black", "asian", "indian", "others"}
     assert report["by_age_group"]["70+"]["n"] == 1
     assert evaluate.main(["emotion", "--data", str(utk)]) == 2
+
+    # --calibrated applies the temperature fitted for the --tta mode, as the pipeline does
+    assert evaluate.main(["emotion", "--data", str(fer), "--json", "--tta", "multi", "--calibrated"]) == 0
+    spec = resolve("emotion_v2", "emotion")
+    assert json.loads(capsys.readouterr().out)["temperature"] == spec.temperature_for("multi") != spec.temperature
+
+
+def _fer_file(path, images, labels):
+    np.savez(path, images=images, labels=labels)
+    return str(path)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "no faces of the model's classes"),
+    ("label -1", "labels outside 0..6"),
+    ("label 7", "labels outside 0..6"),
+    ("colour", "FER2013 images are grey"),
+    ("64 pixels", "faces of 64x64 pixels"),
+    ("cut off", "not a readable .npz"),
+    ("a directory", "Is a directory"),
+    ("no sha256", "lacks sha256"),
+    ("tampered", "does not match"),
+])
+def test_evaluate_refuses_bad_files_with_a_message(tmp_path, capsys, case, message):
+    from models import evaluate
+
+    grey = np.zeros((10, 48, 48), np.uint8)
+    labels = np.arange(10) % 7
+    data = {
+        "empty": lambda: _fer_file(tmp_path / "f.npz", grey[:0], labels[:0]),
+        "label -1": lambda: _fer_file(tmp_path / "f.npz", grey, np.where(labels == 6, -1, labels)),
+        "label 7": lambda: _fer_file(tmp_path / "f.npz", grey, labels + 1),
+        "colour": lambda: _fer_file(tmp_path / "f.npz", np.zeros((10, 48, 48, 3), np.uint8), labels),
+        "64 pixels": lambda: _fer_file(tmp_path / "f.npz", np.zeros((10, 64, 64), np.uint8), labels),
+    }.get(case, lambda: _fer_file(tmp_path / "f.npz", grey, labels))()
+    model = []
+    if case == "cut off":
+        Path(data).write_bytes(Path(data).read_bytes()[:100])
+    elif case == "a directory":
+        data = str(tmp_path)
+    elif case in ("no sha256", "tampered"):
+        spec = resolve("emotion_v2", "emotion")
+        copy = tmp_path / "m.keras"
+        shutil.copyfile(spec.path, copy)
+        meta = json.loads((WEIGHTS_DIR / "emotion_v2.json").read_text())
+        if case == "no sha256":
+            del meta["sha256"]
+        else:
+            with open(copy, "ab") as f:
+                f.write(b"\0")
+        (tmp_path / "m.json").write_text(json.dumps(meta))
+        model = ["--model", str(copy)]
+    assert evaluate.main(["emotion", "--data", data, *model]) == 2
+    assert message in capsys.readouterr().err

@@ -63,3 +63,26 @@ def test_cross_fitted_calibrates_each_half_with_the_other_halfs_temperature():
     assert expected_calibration_error(labels, out) < expected_calibration_error(labels, probs) / 2
     with pytest.raises(ValueError, match="two non-empty halves"):
         cross_fitted(probs, labels, np.ones(len(labels), bool))
+
+
+def test_record_writes_a_temperature_per_tta_mode_into_the_sidecar(tmp_path, capsys):
+    """``--record`` scores a recorded model as the recipe does: figures and a temperature per TTA mode,
+    each fitted on the mean over its views, which the handler then applies to that mean."""
+    import json
+
+    from models.calibration import main
+    from models.registry import resolve
+    from tests.test_distill import _teacher
+    from tests.test_training_techniques import write_fer
+
+    model = _teacher(tmp_path, name="small")
+    data = write_fer(tmp_path / "test.npz", 70, seed=4)
+    assert main(["--model", str(model), "--record", str(data)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    meta = json.loads(model.with_suffix(".json").read_text())
+    assert set(meta["temperatures"]) == set(meta["calibration_by_tta"]) == {"none", "flip", "multi"}
+    assert meta["temperatures"]["none"] == meta["temperature"] and meta["public_test_tta_multi"]["n"] == 70
+    assert meta["scored_by"].endswith(f"--record {data}")
+    spec = resolve(str(model), "emotion")
+    assert spec.temperature_for("multi") == meta["temperatures"]["multi"]
+    assert main(["--model", str(model), "--record", str(tmp_path / "missing.npz")]) == 2

@@ -75,7 +75,7 @@ def test_the_emotion_card_shows_the_multi_view_column_where_the_record_has_it():
     from models import card
 
     def scored(accuracy):
-        return {"accuracy": accuracy, "macro_f1": accuracy - 0.03, "ece": 0.05,
+        return {"n": 3, "accuracy": accuracy, "macro_f1": accuracy - 0.03, "ece": 0.05,
                 "per_class": {"happy": {"precision": 0.9, "recall": 0.8, "f1": 0.85, "support": 3}},
                 "confusion": [[3]]}
 
@@ -88,6 +88,13 @@ def test_the_emotion_card_shows_the_multi_view_column_where_the_record_has_it():
     assert "| measure | value | with flip TTA | with multi TTA (6 views) |" in lines
     assert "|---|---|---|---|" in lines and "| accuracy | 67.6% | 67.9% | 69.2% |" in lines
     assert "| accuracy under FGSM, eps 0.01 | 8.0% | | |" in lines
+    assert "## Figures (FER2013 PublicTest, 3 faces)" in lines
+    # a temperature per mode, each with its cross-fitted ECE
+    by_mode = {m: {"temperature": t, "ece_after_cross_fitted": e} for m, t, e in
+               (("none", 1.35, 0.020), ("flip", 1.27, 0.024), ("multi", 1.12, 0.021))}
+    lines = card._emotion_figures({**rec, "public_test_tta_multi": scored(0.692), "calibration_by_tta": by_mode})
+    assert ("| ECE with the temperature fitted for the views (cross-fitted halves) | 0.020 (T 1.35) | "
+            "0.024 (T 1.27) | 0.021 (T 1.12) |") in lines
 
 
 def test_the_age_gender_card_shows_the_multi_view_column_where_the_record_has_it():
