@@ -168,3 +168,19 @@ def test_model_cost_of_another_emotion_model(tmp_path):
                              "--out", str(out)]) == 0
     (row,) = json.loads(out.read_text())["rows"]
     assert (row["runtime"], row["batch"]) == ("litert", 2) and row["tiny_emotion_ms_per_face"] > 0
+
+
+def test_model_cost_skips_a_runtime_that_is_not_installed(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from bench import models as model_bench
+    from tests.test_distill import _teacher
+
+    tiny = _teacher(tmp_path, name="tiny_emotion")
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # as on a platform without its wheels
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    out = tmp_path / "tiny.json"
+    assert model_bench.main(["--emotion", str(tiny), "--batch", "2", "--repeat", "1", "--runtime", "litert",
+                             "--runtime", "tensorflow", "--out", str(out)]) == 0
+    assert [r["runtime"] for r in json.loads(out.read_text())["rows"]] == ["tensorflow"]
+    assert "litert: skipped" in capsys.readouterr().out
