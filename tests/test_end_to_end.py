@@ -154,12 +154,45 @@ def test_rerun_into_same_output_is_refused(e2e, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
-def test_readme_quick_start_shows_what_the_demo_prints(tmp_path, capsys):
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """The run of ``make demo`` (the examples, default flags): (output dir, printed summary)."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(["analyze", "--input", str(EXAMPLES), "--output", str(out)]) == 0
+    return out, printed.getvalue()
+
+
+def test_readme_quick_start_shows_what_the_demo_prints(demo):
     """The summary quoted under "Quick start" is what ``make demo`` prints with the shipped models."""
     readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
     quoted = readme.split("## Quick start", 1)[1].split("```\n", 2)[2].split("```", 1)[0]
-    assert cli.main(["analyze", "--input", str(EXAMPLES), "--output", str(tmp_path / "demo")]) == 0
-    printed = capsys.readouterr().out
+    printed = demo[1]
     assert parse_summary(printed) == parse_summary(quoted)
     emotions = [line for text in (printed, quoted) for line in text.splitlines() if line.startswith("emotions:")]
     assert len(emotions) == 2 and emotions[0] == emotions[1]
+
+
+def _table_cells(printed: str) -> list[list[str]]:
+    """The data rows of a DuckDB box table, as stripped cell strings."""
+    rows = [line.strip("│").split("│") for line in printed.splitlines() if line.startswith("│")]
+    return [[c.strip() for c in row] for row in rows[2:]]  # after the names and the types
+
+
+def test_querying_doc_shows_what_its_queries_return(demo, capsys):
+    """Each query of docs/querying.md, run over the demo output, prints the rows the page shows."""
+    import re
+
+    from pipelines import sql
+
+    doc = (EXAMPLES.parent / "docs" / "querying.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```sh\nfacebeam sql /tmp/rep_out \"(.*?)\"\n```\n```\n(.*?)\n```", doc, flags=re.S)
+    assert len(blocks) == 5
+    for query, shown in blocks:
+        assert sql.main([str(demo[0]), query]) == 0
+        printed = capsys.readouterr().out.replace(str(EXAMPLES), "/work/main/examples")
+        assert _table_cells(printed) == _table_cells(shown), query
