@@ -125,6 +125,9 @@ def _runner_name(opts: PipelineOptions) -> str:
 
 def _check_runner(opts: PipelineOptions) -> None:
     runner = _runner_name(opts)
+    if opts.view_as(TestOptions).dry_run and runner != "DataflowRunner":
+        raise ValueError(f"--dry_run builds a Dataflow job graph without submitting it: it needs "
+                         f"--runner=DataflowRunner (with --runner={runner or DEFAULT_RUNNER} the run would read and write)")
     reason = _REFUSED_RUNNERS.get(runner.lower())
     if reason:
         raise ValueError(f"--runner={opts.view_as(StandardOptions).runner} is not supported: {reason}")

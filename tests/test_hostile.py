@@ -540,6 +540,7 @@ def test_a_summary_that_cannot_be_read_back_does_not_fail_a_finished_run(tmp_pat
     (["--min_batch_size", "8", "--max_batch_size", "4"], "--max_batch_size 4 is below 8"),
     (["--min_confidence", "1.5"], "above 1"),
     (["--emotion_model", "no_such_model"], "no_such_model"),
+    (["--dry_run=True"], "--dry_run builds a Dataflow job graph"),
 ])
 def test_bad_flags_are_refused_before_the_output_is_touched(tmp_path, capsys, flags, message):
     from pipelines.analyze import main
