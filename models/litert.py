@@ -34,9 +34,9 @@ CHUNKS = (16, 4, 1)
 
 def cache_dir() -> Path:
     """Where converted models are kept: ``$FACEBEAM_CACHE`` or ``~/.cache/facebeam``, then ``litert/``."""
-    root = os.environ.get("FACEBEAM_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "facebeam")
-    return Path(root) / "litert"
+    from models.registry import cache_root
+
+    return cache_root() / "litert"
 
 
 def cpu_threads() -> int:

@@ -3,6 +3,11 @@
 A model is a ``.keras`` file with a JSON sidecar of the same stem (written by ``models.train``):
 task, input shape, alignment template of its training data, classes, and the file's sha256.
 The shipped models' hashes are also pinned here, so a swapped file is refused.
+
+A spec travels with the pipeline to its workers, which may be other machines (Dataflow, Flink):
+a shipped model is then found in the worker's own installation, and a model given as a
+FileSystems URI (``gs://bucket/models/mine.keras`` with ``mine.json`` beside it) is copied into
+the worker's cache; a local path must exist where the model is loaded.
 """
 
 from __future__ import annotations
@@ -10,11 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["ModelSpec", "WEIGHTS_DIR", "SHIPPED", "DEFAULT_MODELS", "default_specs", "resolve", "verify", "load_checked", "sha256_of",
-           "ModelIntegrityError"]
+           "ModelIntegrityError", "cache_root"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -27,6 +34,17 @@ SHIPPED: dict[str, str] = {
 
 # The models the pipeline, the live view, evaluation and the benchmarks use unless told otherwise.
 DEFAULT_MODELS: dict[str, str] = {"emotion": "emotion_v2", "age-gender": "age_gender_v4"}
+
+# A URI with a scheme (gs://, s3://, ...), read through Beam's FileSystems.
+_URI = re.compile(r"[a-zA-Z][-a-zA-Z0-9+.]*://")
+
+
+def cache_root() -> Path:
+    """facebeam's cache on this machine: ``$FACEBEAM_CACHE``, else ``$XDG_CACHE_HOME/facebeam`` or
+    ``~/.cache/facebeam``."""
+    root = os.environ.get("FACEBEAM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "facebeam")
+    return Path(root)
 
 
 class ModelIntegrityError(RuntimeError):
@@ -53,6 +71,17 @@ class ModelSpec:
     classes: tuple[str, ...] = ()
     temperature: float = 1.0
     temperatures: tuple[tuple[str, float], ...] = ()
+    shipped: bool = False  # a file of models/weights, found in the installation of whichever machine loads it
+
+    def local_file(self) -> str:
+        """The model file as a local path on this machine: a shipped model in this installation's
+        ``models/weights`` (the spec may come from the machine that submitted the job), a model on a
+        FileSystems URI copied once into the cache, or else the path as given."""
+        if self.shipped:
+            return str(WEIGHTS_DIR / f"{self.name}.keras")
+        if _URI.match(self.path):
+            return _fetched(self.path, self.sha256)
+        return self.path
 
     def temperature_for(self, tta: str = "none") -> float:
         """The temperature fitted for the mean probabilities over the views of TTA mode ``tta``; 1 (none)
@@ -75,17 +104,24 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 
 def resolve(name_or_path: str, task: str) -> ModelSpec:
-    """The spec of a shipped model (by name) or of a ``.keras`` file with its JSON sidecar."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = WEIGHTS_DIR / f"{name_or_path}.keras"
-    sidecar = path.with_suffix(".json")
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} not found")
-    if not sidecar.is_file():
-        raise FileNotFoundError(f"model {path} has no sidecar {sidecar.name} (written by 'facebeam train')")
+    """The spec of a shipped model (by name), of a local ``.keras`` file with its JSON sidecar, or of
+    one on a FileSystems URI (``gs://...``)."""
+    if _URI.match(name_or_path):
+        path, sidecar_text = name_or_path, _read_uri_sidecar(name_or_path)
+        name, sidecar, shipped = name_or_path.rsplit("/", 1)[-1].removesuffix(".keras"), name_or_path, False
+    else:
+        local = Path(name_or_path)
+        if not local.suffix:
+            local = WEIGHTS_DIR / f"{name_or_path}.keras"
+        sidecar = local.with_suffix(".json")
+        if not local.is_file():
+            raise FileNotFoundError(f"model file {local} not found")
+        if not sidecar.is_file():
+            raise FileNotFoundError(f"model {local} has no sidecar {sidecar.name} (written by 'facebeam train')")
+        path, sidecar_text, name = str(local), sidecar.read_text(), local.stem
+        shipped = local.parent.resolve() == WEIGHTS_DIR
     try:
-        meta = json.loads(sidecar.read_text())
+        meta = json.loads(sidecar_text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{sidecar}: not a JSON sidecar ({e})") from None
     missing = [k for k in ("task", "sha256", "input", "template") if k not in meta]
@@ -93,15 +129,55 @@ def resolve(name_or_path: str, task: str) -> ModelSpec:
         raise ValueError(f"{sidecar} lacks {', '.join(missing)} (sidecars are written by 'facebeam train')")
     if meta.get("task") != task:
         raise ValueError(f"{path} is a {meta.get('task')!r} model, not {task!r}")
-    pinned = SHIPPED.get(path.stem) if path.parent.resolve() == WEIGHTS_DIR else None
+    pinned = SHIPPED.get(name) if shipped else None
     if pinned and pinned != meta["sha256"]:
         raise ModelIntegrityError(f"{sidecar} records sha256 {meta['sha256']}, facebeam ships {pinned}")
     return ModelSpec(
-        name=path.stem, task=task, path=str(path), sha256=meta["sha256"],
+        name=name, task=task, path=path, sha256=meta["sha256"],
         input_shape=tuple(meta["input"]), template=tuple(meta["template"]), classes=tuple(meta.get("classes", ())),
         temperature=float(meta.get("temperature") or 1.0),
         temperatures=tuple(sorted((str(k), float(v)) for k, v in (meta.get("temperatures") or {}).items())),
+        shipped=shipped,
     )
+
+
+def _read_uri_sidecar(uri: str) -> str:
+    """The sidecar of a model on a FileSystems URI, as text."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if not uri.endswith(".keras"):
+        raise ValueError(f"{uri}: give the .keras file of the model (its .json sidecar beside it)")
+    sidecar = uri.removesuffix(".keras") + ".json"
+    for what in (uri, sidecar):
+        try:
+            found = FileSystems.exists(what)
+        except Exception as e:  # BeamIOError: the location cannot be reached
+            raise FileNotFoundError(f"cannot reach {what}: {e}") from e
+        if not found:
+            raise FileNotFoundError(f"model file {what} not found" if what == uri else
+                                    f"model {uri} has no sidecar {sidecar} (written by 'facebeam train')")
+    with FileSystems.open(sidecar) as f:
+        return f.read().decode("utf-8")
+
+
+def _fetched(uri: str, sha256: str) -> str:
+    """A local copy of the model file at ``uri``, kept in the cache under its recorded sha256."""
+    from apache_beam.io.filesystems import FileSystems
+
+    target = cache_root() / "models" / f"{sha256}.keras"
+    if target.is_file():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, FileSystems.open(uri) as src:
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
+        os.replace(tmp, target)  # whole files only, also with several processes fetching at once
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return str(target)
 
 
 def default_specs() -> tuple[ModelSpec, ModelSpec]:
@@ -111,10 +187,13 @@ def default_specs() -> tuple[ModelSpec, ModelSpec]:
 
 def verify(spec: ModelSpec) -> None:
     """Raises ModelIntegrityError unless the file's sha256 is the recorded one."""
-    actual = sha256_of(spec.path)
+    path = spec.local_file()
+    actual = sha256_of(path)
     if actual != spec.sha256:
+        if _URI.match(spec.path):  # a cached copy gone bad: fetched again next time
+            os.unlink(path)
         raise ModelIntegrityError(
-            f"{spec.path}: sha256 {actual} does not match the recorded {spec.sha256}; refusing to load it")
+            f"{path}: sha256 {actual} does not match the recorded {spec.sha256}; refusing to load it")
 
 
 def load_checked(spec: ModelSpec):
@@ -122,4 +201,4 @@ def load_checked(spec: ModelSpec):
     import keras
 
     verify(spec)
-    return keras.models.load_model(spec.path, compile=False)
+    return keras.models.load_model(spec.local_file(), compile=False)

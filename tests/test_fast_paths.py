@@ -236,6 +236,6 @@ def test_changed_model_file_is_refused_though_its_conversion_is_cached(loaded_mo
     with open(changed, "ab") as f:
         f.write(b"\0")
     # same name and recorded sha256 as the shipped file: the cache holds a conversion under that hash
-    spec = dataclasses.replace(emotion, path=str(changed))
+    spec = dataclasses.replace(emotion, path=str(changed), shipped=False)
     with pytest.raises(ModelIntegrityError, match="does not match"):
         FaceModelHandler(spec, shipped_specs[1], runtime="litert").load_model()

@@ -182,3 +182,45 @@ def test_evaluate_refuses_bad_files_with_a_message(tmp_path, capsys, case, messa
         model = ["--model", str(copy)]
     assert evaluate.main(["emotion", "--data", data, *model]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_shipped_model_is_found_in_the_installation_that_loads_it(shipped_specs):
+    """A spec pickled on the submitting machine names that machine's path; a worker elsewhere
+    (Dataflow, Flink) loads the shipped model from its own installation."""
+    import dataclasses
+    import pickle
+
+    elsewhere = dataclasses.replace(shipped_specs[0], path="/home/someone/facebeam/models/weights/emotion_v2.keras")
+    spec = pickle.loads(pickle.dumps(elsewhere))
+    assert spec.shipped and spec.local_file() == str(WEIGHTS_DIR / "emotion_v2.keras")
+    verify(spec)
+    # a model outside models/weights is loaded from where it was given
+    local = dataclasses.replace(elsewhere, shipped=False)
+    with pytest.raises(FileNotFoundError):
+        verify(local)
+
+
+def test_a_model_on_a_filesystems_uri_is_fetched_into_the_cache(tmp_path, monkeypatch):
+    from tests.fakes import DiskBackedFileSystem
+
+    monkeypatch.setattr(DiskBackedFileSystem, "ROOT", str(tmp_path / "bucket"))
+    monkeypatch.setenv("FACEBEAM_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "bucket" / "models").mkdir(parents=True)
+    for ext in (".keras", ".json"):
+        shutil.copyfile(WEIGHTS_DIR / f"emotion_v2{ext}", tmp_path / "bucket" / "models" / f"mine{ext}")
+    spec = resolve("fbtest://models/mine.keras", "emotion")
+    assert (spec.name, spec.shipped, spec.path) == ("mine", False, "fbtest://models/mine.keras")
+    assert spec.temperature_for("multi") == resolve("emotion_v2", "emotion").temperature_for("multi")
+    verify(spec)
+    cached = tmp_path / "cache" / "models" / f"{spec.sha256}.keras"
+    assert spec.local_file() == str(cached) and cached.read_bytes() == (WEIGHTS_DIR / "emotion_v2.keras").read_bytes()
+    # a copy gone bad is refused and fetched again on the next use
+    cached.write_bytes(b"damaged")
+    with pytest.raises(ModelIntegrityError):
+        verify(spec)
+    verify(spec)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        resolve("fbtest://models/none.keras", "emotion")
+    (tmp_path / "bucket" / "models" / "mine.json").unlink()
+    with pytest.raises(FileNotFoundError, match="has no sidecar"):
+        resolve("fbtest://models/mine.keras", "emotion")
