@@ -15,7 +15,9 @@ setup(
     # Versions tested together (Python 3.11, CPU).
     install_requires=[
         "apache-beam==2.77.0",
-        "tensorflow-cpu==2.21.0",
+        # tensorflow-cpu has x86-64 wheels only; elsewhere (Apple silicon, ARM Linux) the full build.
+        "tensorflow-cpu==2.21.0; platform_machine == 'x86_64' or platform_machine == 'AMD64'",
+        "tensorflow==2.21.0; platform_machine != 'x86_64' and platform_machine != 'AMD64'",
         "keras==3.15.1",
         "ai-edge-litert==2.3.0",
         "mtcnn==1.0.0",

@@ -9,6 +9,7 @@ pipeline runs on Beam's in-process FnApiRunner, which works offline.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import glob
@@ -55,6 +56,21 @@ _THREADS_REFUSED = ("with several worker threads Beam's local runner failed on 1
 OUTPUT_PREFIXES = ("faces-", "sources-", "tracks-")
 
 
+class _Switch(argparse.Action):
+    """An on/off flag: ``--flag`` turns it on, and so does ``--flag=true``, as a Dataflow Flex Template
+    passes its parameters (``--flag=false`` turns it off)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs="?", const=True, default=False, **kwargs)
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise argparse.ArgumentError(self, f"expected true or false, not {value!r}")
+            value = value.lower() in ("true", "1", "yes")
+        setattr(namespace, self.dest, value)
+
+
 class AnalyzeOptions(PipelineOptions):
     """facebeam's own flags; every other flag is Beam's."""
 
@@ -64,12 +80,12 @@ class AnalyzeOptions(PipelineOptions):
         g.add_argument("--input", action="append", default=None,
                        help="file, directory (recursive), glob pattern or FileSystems URI; repeatable")
         g.add_argument("--output", default=None, help="output directory (local path or URI) for the Parquet tables")
-        g.add_argument("--overwrite", action="store_true", default=False,
+        g.add_argument("--overwrite", action=_Switch,
                        help="replace the tables of an earlier run in --output")
         g.add_argument("--skip_existing", default=None, metavar="PREVIOUS_OUTPUT",
                        help="output directory of an earlier run: files whose content (sha256) it analysed "
                             "(ok or no_face) are not analysed again but reported as 'skipped' with that run's id")
-        g.add_argument("--fail_on_error", action="store_true", default=False,
+        g.add_argument("--fail_on_error", action=_Switch,
                        help="exit with status 1 when any input failed (after writing the tables and the summary)")
         g.add_argument("--detector", default="mtcnn", choices=DETECTORS, help="face detector (haar is faster)")
         g.add_argument("--min_face_size", type=float, default=20.0,
@@ -89,10 +105,10 @@ class AnalyzeOptions(PipelineOptions):
         g.add_argument("--min_batch_size", type=int, default=1, help="smallest RunInference batch")
         g.add_argument("--max_batch_size", type=int, default=64, help="largest RunInference batch")
         g.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP)
-        g.add_argument("--flip_tta", action="store_true", default=False, help="the same as --tta flip")
-        g.add_argument("--no_calibration", action="store_true", default=False,
+        g.add_argument("--flip_tta", action=_Switch, help="the same as --tta flip")
+        g.add_argument("--no_calibration", action=_Switch,
                        help="emotion probabilities as the network gives them, without its fitted temperature")
-        g.add_argument("--large_model", action="store_true", default=False,
+        g.add_argument("--large_model", action=_Switch,
                        help="share one copy of the models between the processes of a worker")
         g.add_argument("--model_copies", type=int, default=None, help="model copies per worker with --large_model")
         g.add_argument("--model_runtime", default="auto", choices=RUNTIMES,
@@ -102,11 +118,11 @@ class AnalyzeOptions(PipelineOptions):
                        help="TensorFlow threads per process, and LiteRT threads per model call (0: default)")
         g.add_argument("--num_shards", type=int, default=0, help="Parquet files per table (0: runner decides)")
         g.add_argument("--run_id", default=None, help="identifier written into every row (default: time + random)")
-        g.add_argument("--store_crops", action="store_true", default=False,
+        g.add_argument("--store_crops", action=_Switch,
                        help="keep each face's aligned crop as a small JPEG in the faces table (crop_jpeg)")
-        g.add_argument("--quiet", action="store_true", default=False,
+        g.add_argument("--quiet", action=_Switch,
                        help="no progress bar, no summary; errors only (see the sources table)")
-        g.add_argument("--annotate", action="store_true", default=False,
+        g.add_argument("--annotate", action=_Switch,
                        help="write copies of the inputs with boxes and labels drawn into OUTPUT/annotated/")
 
 
@@ -266,8 +282,6 @@ def _quiet_beam_root_notices(record: logging.LogRecord) -> bool:
 
 def _help_text() -> str:
     """``facebeam analyze --help``: facebeam's own flags (Beam's parser would list none of them)."""
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="facebeam analyze", description="Images and videos in, one Parquet row per face out.",
         epilog="Every other flag goes to Beam (--runner, --direct_num_workers, ...); without --runner the "

@@ -31,6 +31,24 @@ def test_flex_template_parameters_are_analyze_flags():
     assert all(p["helpText"] for p in meta["parameters"])
 
 
+def test_flex_template_parameters_parse_as_the_launcher_passes_them():
+    """The launcher passes every parameter as --name=value, on/off flags included (--overwrite=true)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.analyze import AnalyzeOptions
+
+    meta = json.loads((INFRA / "dataflow" / "flex-template" / "metadata.json").read_text())
+    examples = {"input": ("gs://b/photos/", ["gs://b/photos/"]), "output": ("gs://b/out/run1", "gs://b/out/run1"),
+                "detector": ("haar", "haar"), "min_face_size": ("40", 40.0), "video_fps": ("2", 2.0),
+                "max_batch_size": ("128", 128), "overwrite": ("true", True)}
+    for p in meta["parameters"]:
+        value, parsed = examples[p["name"]]
+        assert all(re.fullmatch(r, value) for r in p.get("regexes", [])), p["name"]
+        assert getattr(PipelineOptions([f"--{p['name']}={value}"]).view_as(AnalyzeOptions), p["name"]) == parsed
+    assert PipelineOptions(["--overwrite=false"]).view_as(AnalyzeOptions).overwrite is False
+    assert PipelineOptions(["--overwrite"]).view_as(AnalyzeOptions).overwrite is True
+
+
 @pytest.mark.parametrize("dockerfile", ["dataflow/Dockerfile", "dataflow/Dockerfile.gpu", "dataflow/flex-template/Dockerfile"])
 def test_dockerfiles_copy_existing_paths_and_match_beam_version(dockerfile):
     import apache_beam
