@@ -1,10 +1,14 @@
 """Keras callbacks of the training recipes: keep the best epoch across sittings, time each epoch, log
-each sitting as it goes, keep each epoch's weights for averaging."""
+each sitting as it goes, keep each epoch's weights for averaging, back up the training state.
+
+Every file is written beside its place and renamed over it, so a run killed while writing leaves
+the previous version whole and the next sitting can resume."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -12,7 +16,39 @@ import keras
 
 from models.swa import snapshot_path
 
-__all__ = ["KeepBest", "EpochSeconds", "SittingLog", "EpochWeights"]
+__all__ = ["KeepBest", "EpochSeconds", "SittingLog", "EpochWeights", "AtomicBackup", "backed_up_epochs"]
+
+
+def _part(path: str | Path) -> str:
+    """A temporary name beside ``path`` that keeps its Keras suffix (``.keras``, ``.weights.h5``)."""
+    path = str(path)
+    for suffix in (".weights.h5", ".keras", ".json"):
+        if path.endswith(suffix):
+            return path[:-len(suffix)] + ".part" + suffix
+    return path + ".part"
+
+
+def backed_up_epochs(backup_dir: str | Path) -> int | None:
+    """Epochs finished by the training state ``AtomicBackup`` keeps in ``backup_dir``; None without one."""
+    path = Path(backup_dir) / "training_metadata.json"
+    if not path.is_file():
+        return None
+    return int(json.loads(path.read_text())["epoch"])
+
+
+class AtomicBackup(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore (weights, optimizer and epoch, restored at the start of ``fit``),
+    with each file replaced whole. The weights go first: a run killed between the two files
+    repeats one epoch's data from the newer weights, rather than skipping one."""
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        part = _part(self._weights_path)
+        self.model.save_weights(filepath=part, overwrite=True)
+        os.replace(part, self._weights_path)
+        part = _part(self._training_metadata_path)
+        Path(part).write_text(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+        os.replace(part, self._training_metadata_path)
 
 
 class KeepBest(keras.callbacks.Callback):
@@ -37,7 +73,9 @@ class KeepBest(keras.callbacks.Callback):
             raise KeyError(f"KeepBest monitors {self.monitor!r}, which the epoch's logs lack: {sorted(logs or {})}")
         if (value < self.best) if self.mode == "min" else (value > self.best):
             self.best = float(value)
-            (self.target or self.model).save(self.path)
+            part = _part(self.path)
+            (self.target or self.model).save(part)
+            os.replace(part, self.path)
 
 
 class EpochSeconds(keras.callbacks.Callback):
@@ -92,4 +130,6 @@ class EpochWeights(keras.callbacks.Callback):
         if epoch + 1 >= self.first:
             path = snapshot_path(self.workdir, epoch + 1)
             path.parent.mkdir(parents=True, exist_ok=True)
-            (self.target or self.model).save_weights(path)
+            part = _part(path)
+            (self.target or self.model).save_weights(part)
+            os.replace(part, path)

@@ -17,6 +17,8 @@ import numpy as np
 from models.labels import EMOTIONS
 
 __all__ = [
+    "save_cache",
+    "load_cache",
     "FerData",
     "UtkData",
     "default_data_dir",
@@ -205,3 +207,26 @@ def fer_faces(d: FerData, classes: tuple[str, ...] | list[str]) -> tuple[np.ndar
     """(images, labels) of the faces a model with ``classes`` can be scored on, labels in its order."""
     faces = emotion_targets(d, label_set_of(classes))
     return faces.images, faces.labels
+
+
+def save_cache(path: Path, **arrays) -> None:
+    """Writes a training cache (features, teacher outputs) as ``path`` (.npz), whole or not at all:
+    written beside it and renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name.removesuffix(".npz") + ".part.npz")
+    np.savez(part, **arrays)
+    os.replace(part, path)
+
+
+def load_cache(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of a cache ``save_cache`` wrote; None when there is none or it cannot be read (it is
+    then computed again)."""
+    import zipfile
+
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            return {k: d[k] for k in d.files}
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None

@@ -59,6 +59,7 @@ def teacher_targets(names: list[str], images: np.ndarray, classes: tuple[str, ..
     the teachers, the views and the faces are the same.
     """
     from models.card import provenance
+    from models.data import load_cache, save_cache
     from models.registry import load_checked, resolve
 
     specs = [resolve(n, "emotion") for n in names]
@@ -70,15 +71,13 @@ def teacher_targets(names: list[str], images: np.ndarray, classes: tuple[str, ..
         teachers.append(provenance(spec))
     key = json.dumps({"teachers": [t["sha256"] for t in teachers], "tta": tta, "faces": _digest(images)})
     cache = cache_dir / CACHE_NAME if cache_dir else None
-    if cache is not None and cache.exists():
-        with np.load(cache, allow_pickle=False) as d:
-            if str(d["key"]) == key:
-                LOG.info("teacher outputs from %s", cache)
-                return d["probs"], {"teachers": teachers, "tta": tta}
+    cached = load_cache(cache) if cache is not None else None
+    if cached is not None and str(cached.get("key")) == key:
+        LOG.info("teacher outputs from %s", cache)
+        return cached["probs"], {"teachers": teachers, "tta": tta}
     probs = teacher_probabilities([load_checked(s) for s in specs], images, tta)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, probs=probs, key=np.array(key))
+        save_cache(cache, probs=probs, key=np.array(key))
     return probs, {"teachers": teachers, "tta": tta}
 
 

@@ -96,15 +96,13 @@ def _features(extractor, images: np.ndarray, views: int, seed: int, batch_size: 
 
 def _cached_features(path: Path, key: str, compute) -> tuple[np.ndarray, float]:
     """(features, seconds spent computing them), read from ``path`` when it was written for ``key``."""
-    if path.exists():
-        with np.load(path, allow_pickle=False) as d:
-            if str(d["key"]) == key:
-                return d["features"], float(d["seconds"])
+    cached = fdata.load_cache(path)
+    if cached is not None and str(cached.get("key")) == key:
+        return cached["features"], float(cached["seconds"])
     start = time.time()
     features = compute()
     seconds = time.time() - start
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, features=features, key=key, seconds=seconds)
+    fdata.save_cache(path, features=features, key=key, seconds=seconds)
     return features, seconds
 
 
@@ -115,7 +113,7 @@ def train_emotion_embedding(args: argparse.Namespace) -> dict:
     from models.feed import Batches
     from models.registry import load_checked, resolve
     from models.train import (FGSM_EPS, cosine_schedule, emotion_faces, emotion_record, fit_resumable,
-                              inverse_frequency_weights, read_history, train_seconds, write_outputs)
+                              inverse_frequency_weights, read_history, read_sittings, train_seconds, write_outputs)
 
     keras.utils.set_random_seed(args.seed)
     if args.views < 1:
@@ -164,7 +162,7 @@ def train_emotion_embedding(args: argparse.Namespace) -> dict:
         "feature_seconds": round(feature_seconds, 1), "train_seconds_this_sitting": round(seconds, 1),
         # The base's own training time is in its sidecar; this is the features plus the classifier.
         "train_seconds": None if head_seconds is None else round(feature_seconds + head_seconds, 1),
-        "history": history,
+        "history": history, "sittings": read_sittings(workdir),
         **emotion_record(model, test, classes, FGSM_EPS),
     }
     write_outputs(composed, Path(args.out), args.name, record)

@@ -36,7 +36,7 @@ LOG = logging.getLogger("facebeam.train")
 
 __all__ = [
     "main", "parse_args", "run", "train_emotion", "train_age_gender", "emotion_predict", "age_gender_predict",
-    "fit_resumable", "read_history", "read_sittings", "write_outputs", "write_sidecar", "emotion_record", "emotion_faces",
+    "fit_resumable", "check_recipe", "read_history", "read_sittings", "write_outputs", "write_sidecar", "emotion_record", "emotion_faces",
     "cosine_schedule", "train_seconds", "set_threads", "inverse_frequency_weights", "FGSM_EPS",
 ]
 
@@ -102,7 +102,7 @@ def fit_resumable(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: 
     """
     import keras
 
-    from models.callbacks import EpochSeconds, EpochWeights, KeepBest, SittingLog
+    from models.callbacks import AtomicBackup, EpochSeconds, EpochWeights, KeepBest, SittingLog, backed_up_epochs
 
     workdir.mkdir(parents=True, exist_ok=True)
     best = workdir / "best.keras"
@@ -111,24 +111,31 @@ def fit_resumable(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: 
     if best.exists() and len(history) >= epochs:
         LOG.info("%s: all %d epochs trained; using its kept model", workdir, epochs)
         return best, 0.0
+    # The backup is written last at the end of an epoch: where a kill came before it, the epochs the
+    # history has beyond it are trained again (read_history keeps an epoch's latest row).
+    done = backed_up_epochs(workdir / "backup")
+    done = len(history) if done is None else min(done, len(history))
+    history = history[:done]
     seen = [h[monitor] for h in history if monitor in h] if best.exists() else []
-    # BackupAndRestore resumes the weights and the optimizer at epoch len(history); the batches too,
-    # or every sitting would start over with the first epoch's order and augmented faces.
+    # The backup resumes the weights and the optimizer at epoch ``done``; the batches too, or every
+    # sitting would start over with the first epoch's order and augmented faces.
     if hasattr(train_ds, "start_at"):
-        train_ds.start_at(len(history))
-    sitting = SittingLog(workdir / "sittings.jsonl", _sitting_line(len(history), epochs, command))
+        train_ds.start_at(done)
+    sitting = SittingLog(workdir / "sittings.jsonl", _sitting_line(done, epochs, command))
     callbacks = [
-        # Kept after the last epoch, so that a sitting ended by --stop_after can be resumed.
-        keras.callbacks.BackupAndRestore(str(workdir / "backup"), delete_checkpoint=False),
         EpochSeconds(),
         KeepBest(best, monitor, mode, (max if mode == "max" else min)(seen) if seen else None, keep),
         keras.callbacks.CSVLogger(str(history_path), append=True),
         sitting,  # after the CSVLogger: the line never names an epoch the history lacks
+        # Last, and kept after the last epoch, so that a sitting ended by --stop_after can be resumed.
+        AtomicBackup(str(workdir / "backup"), delete_checkpoint=False),
     ]
     if snapshot_from:
-        callbacks.insert(2, EpochWeights(workdir, snapshot_from, keep))
+        callbacks.insert(1, EpochWeights(workdir, snapshot_from, keep))
+    # shuffle=False: the batches are shuffled per epoch, seeded, by the dataset itself (models.feed);
+    # Keras' own shuffling of their order restarts with every sitting.
     model.fit(train_ds, validation_data=val_ds, epochs=min(stop_after or epochs, epochs), callbacks=callbacks,
-              class_weight=class_weight, verbose=2)
+              class_weight=class_weight, verbose=2, shuffle=False)
     return best, sitting.seconds
 
 
@@ -547,8 +554,33 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+# Settings a later sitting in the same --workdir may change: a longer schedule, another file name.
+_MAY_CHANGE = ("epochs", "name")
+
+
+def check_recipe(workdir: Path, recipe: dict) -> None:
+    """Records ``recipe`` (``parse_args``' settings) in ``workdir`` at its first sitting; later
+    sittings must give the same ones (``--epochs`` and ``--name`` aside), or their record would
+    describe a model trained otherwise. Raises ValueError naming the settings that differ."""
+    path = workdir / "recipe.json"
+    recipe = json.loads(json.dumps(recipe))
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        changed = sorted(k for k in set(kept) | set(recipe) if k not in _MAY_CHANGE and kept.get(k) != recipe.get(k))
+        if changed:
+            raise ValueError(f"{workdir} holds a run trained with other settings ("
+                             + ", ".join(f"{k}: {kept.get(k)!r} there, {recipe.get(k)!r} now" for k in changed)
+                             + "); rerun with its settings (only --epochs may grow) or use another --workdir")
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    part = path.with_suffix(".part")
+    part.write_text(json.dumps(recipe, indent=2) + "\n")
+    part.replace(path)
+
+
 def run(args: argparse.Namespace) -> dict:
     """Trains the recipe of ``parse_args``' result and returns its sidecar record."""
+    check_recipe(Path(args.workdir), args.recipe)
     if args.task == "emotion-embedding":
         from models.embedding import train_emotion_embedding
 
@@ -564,6 +596,11 @@ def main(argv: list[str] | None = None) -> int:
     # (2 cores), a third of the CPU time spent in the kernel before.
     os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     set_threads(args.threads)
+    try:
+        check_recipe(Path(args.workdir), args.recipe)
+    except ValueError as e:
+        print(f"models.train: error: {e}", file=sys.stderr)
+        return 2
     run(args)
     return 0
 

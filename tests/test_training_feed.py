@@ -260,3 +260,74 @@ def test_warm_start_copies_a_models_weights_and_the_card_lists_its_commands_firs
     assert card._epochs_trained(tuned).startswith("Started from the weights of first (sha256 ")
     assert card._epochs_trained(tuned).endswith("Epochs trained: 3 of the 3-epoch schedule, the best on the "
                                                 "validation data kept.")
+
+
+def _fit_in_sittings(workdir, stops, x, y, dropout=0.0):
+    """A tiny network fitted for 3 epochs in sittings ending after ``stops`` epochs (0: the rest);
+    returns its history's losses."""
+    import keras
+
+    from models.feed import Batches
+    from models.networks import emotion_net
+    from models.train import fit_resumable, read_history
+
+    for stop in stops:
+        keras.utils.set_random_seed(1)  # as every sitting of a recipe does
+        model = emotion_net(widths=(4, 8), dropout=dropout)
+        model.compile(optimizer="adam", loss="categorical_crossentropy")
+        fit_resumable(model, Batches(x, y, batch_size=4, shuffle=True, seed=1), Batches(x, y, batch_size=4), 3,
+                      workdir, "val_loss", "min", stop_after=stop)
+    return [round(h["loss"], 6) for h in read_history(workdir)]
+
+
+def test_a_run_in_sittings_trains_on_the_batches_of_one_that_never_stopped(tmp_path):
+    """Keras' own shuffling of the batch order restarted with every sitting, so the first epoch after a
+    resume repeated epoch 0's order; the batches are shuffled by the data alone."""
+    x = _faces(n=24, size=48, channels=1)
+    y = np.eye(7, dtype=np.float32)[np.arange(24) % 7]
+    assert _fit_in_sittings(tmp_path / "two", [1, 0], x, y) == _fit_in_sittings(tmp_path / "one", [0], x, y)
+
+
+def test_a_kill_before_the_backup_trains_that_epoch_again(tmp_path):
+    """The training state is backed up last at the end of an epoch: a run killed after its history row but
+    before the backup goes on from the backup, and the epoch's row is replaced, not duplicated or skipped."""
+    import json as json_
+
+    from models.callbacks import backed_up_epochs
+    from models.train import read_history, read_sittings
+
+    x = _faces(n=24, size=48, channels=1)
+    y = np.eye(7, dtype=np.float32)[np.arange(24) % 7]
+    workdir = tmp_path / "w"
+    _fit_in_sittings(workdir, [2], x, y)
+    assert backed_up_epochs(workdir / "backup") == 2
+    # as if killed after epoch 2's history row, before its backup: the backup still says 1
+    meta = workdir / "backup" / "training_metadata.json"
+    meta.write_text(json_.dumps({"epoch": 1, "batch": 0}))
+    losses = _fit_in_sittings(workdir, [0], x, y)
+    assert [h["epoch"] for h in read_history(workdir)] == [0, 1, 2] and len(losses) == 3
+    assert read_sittings(workdir)[-1]["epochs"] == [1, 3]
+    assert not list(workdir.rglob("*.part*"))  # whole files only
+
+
+def test_a_workdir_refuses_other_settings(tmp_path, capsys):
+    from models import train
+
+    argv = ["emotion", "--workdir", str(tmp_path / "w"), "--limit", "10", "--epochs", "1"]
+    train.check_recipe(tmp_path / "w", train.parse_args(argv).recipe)
+    train.check_recipe(tmp_path / "w", train.parse_args([*argv[:-1], "5", "--name", "longer"]).recipe)  # may grow
+    with pytest.raises(ValueError, match="label_set: '7' there, '5' now"):
+        train.check_recipe(tmp_path / "w", train.parse_args([*argv, "--label_set", "5"]).recipe)
+    assert train.main([*argv, "--lr", "0.5"]) == 2
+    assert "lr: 0.002 there, 0.5 now" in capsys.readouterr().err
+
+
+def test_training_caches_are_whole_or_computed_again(tmp_path):
+    from models.data import load_cache, save_cache
+
+    path = tmp_path / "c" / "features.npz"
+    save_cache(path, features=np.arange(6.0), key=np.array("k"))
+    assert load_cache(path)["features"].tolist() == [0, 1, 2, 3, 4, 5] and str(load_cache(path)["key"]) == "k"
+    path.write_bytes(path.read_bytes()[:40])  # cut short by a kill
+    assert load_cache(path) is None and load_cache(tmp_path / "none.npz") is None
+    assert [p.name for p in path.parent.iterdir()] == ["features.npz"]
