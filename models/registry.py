@@ -108,7 +108,8 @@ def resolve(name_or_path: str, task: str) -> ModelSpec:
     one on a FileSystems URI (``gs://...``)."""
     if _URI.match(name_or_path):
         path, sidecar_text = name_or_path, _read_uri_sidecar(name_or_path)
-        name, sidecar, shipped = name_or_path.rsplit("/", 1)[-1].removesuffix(".keras"), name_or_path, False
+        name, shipped = name_or_path.rsplit("/", 1)[-1].removesuffix(".keras"), False
+        sidecar = name_or_path.removesuffix(".keras") + ".json"
     else:
         local = Path(name_or_path)
         if not local.suffix:

@@ -38,6 +38,9 @@ def test_truncation_tolerates_estimated_counts():
     assert video.truncation(37, 112, 25.0) is not None and "37 frames" in video.truncation(37, 112, 25.0)
     assert video.truncation(100, 112, 25.0) is None  # 12 frames short: under 2 s
     assert video.truncation(37, 0, 25.0) is None  # count unknown
+    # a variable-rate stream whose count was estimated at a nominal 60/s: 300 frames reach its 10 s
+    assert video.truncation(300, 600, 60.0, reached_s=9.97) is None
+    assert video.truncation(300, 600, 60.0, reached_s=5.0) is not None
 
 
 def test_read_frames_timestamps_and_ranges_agree(tmp_path):

@@ -134,15 +134,20 @@ def split_ranges(frame_count: int, chunk_frames: int, max_ranges: int = 0) -> li
     return [(s, e) for s, e in zip(starts, starts[1:])] + [(starts[-1], None)]
 
 
-def truncation(index: int, declared: int, fps: float) -> str | None:
-    """Why a stream that ends at frame ``index`` is cut short of the ``declared`` frames of its
-    container, or None. Counts some containers estimate (from the duration) may be a little off:
-    up to 2 seconds or 5% of the frames short is not a truncation."""
-    missing = declared - index
-    if declared <= 0 or missing <= max(2.0 * fps, 0.05 * declared):
+def truncation(index: int, declared: int, fps: float, reached_s: float | None = None) -> str | None:
+    """Why a stream that ends after ``index`` frames, the last starting at ``reached_s`` seconds, is
+    cut short of the ``declared`` frames of its container, or None.
+
+    Compared in time: some containers estimate their count from the duration at a nominal rate a
+    variable-rate stream does not keep, and up to 2 seconds or 5% short is not a truncation."""
+    if declared <= 0:
         return None
-    return (f"truncated video: the stream ends after {index} frames ({index / fps:.1f} s) of the {declared} "
-            f"({declared / fps:.1f} s) its container declares")
+    reached = index / fps if reached_s is None else max(reached_s, 0.0) + 1 / fps  # the end of the last frame
+    duration = declared / fps
+    if duration - reached <= max(2.0, 0.05 * duration):
+        return None
+    return (f"truncated video: the stream ends after {index} frames ({reached:.1f} s) of the {declared} "
+            f"({duration:.1f} s) its container declares")
 
 
 def read_frames(path: str, fps: float, rate: float, max_frames: int, start: int = 0,
@@ -156,7 +161,7 @@ def read_frames(path: str, fps: float, rate: float, max_frames: int, start: int 
     """
     cap = _open(path)
     try:
-        index = 0
+        index, reached_s = 0, None
         if start > 0:
             # Seek, and trust it only if the decoder lands exactly; otherwise walk from the start.
             if cap.set(cv2.CAP_PROP_POS_FRAMES, start) and int(cap.get(cv2.CAP_PROP_POS_FRAMES)) == start:
@@ -170,15 +175,16 @@ def read_frames(path: str, fps: float, rate: float, max_frames: int, start: int 
             wanted = index >= start and is_sampled(index, fps, rate)
             ok = cap.grab()
             if not ok:
-                problem = truncation(index, declared, fps)
+                problem = truncation(index, declared, fps, reached_s)
                 if problem:
                     raise VideoError(problem)
                 return
+            reached_s = _timestamp(cap, index, fps)
             if wanted:
                 ok, bgr = cap.retrieve()
                 if not ok or bgr is None:
                     raise VideoError(f"frame {index} does not decode")
-                yield index, _timestamp(cap, index, fps), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                yield index, reached_s, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             index += 1
     finally:
         cap.release()
