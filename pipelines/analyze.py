@@ -184,7 +184,10 @@ def _prepare_output(output: str, overwrite: bool) -> str:
         raise ValueError(f"{output} already holds a run ({len(existing)} Parquet files); "
                          "pass --overwrite to replace it or choose another --output")
     if existing:
-        FileSystems.delete(existing)
+        # The earlier run's annotated copies go with its tables (this run writes its own with --annotate).
+        annotated = FileSystems.match([FileSystems.join(output, "annotated", "*-*.jpg"),
+                                       FileSystems.join(output, "annotated", "*-*.mp4")])
+        FileSystems.delete(existing + [m.path for r in annotated for m in r.metadata_list])
     return output
 
 

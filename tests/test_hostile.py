@@ -505,6 +505,18 @@ def test_rerun_into_an_existing_output_is_refused(tmp_path, capsys):
     assert (out / "sources-00000-of-00001.parquet").read_bytes() == b"an earlier run"
 
 
+def test_overwrite_replaces_the_tables_and_annotated_copies_of_the_earlier_run(tmp_path):
+    from pipelines.analyze import _prepare_output
+
+    out = tmp_path / "out"
+    (out / "annotated").mkdir(parents=True)
+    for name in ("faces-00000-of-00001.parquet", "sources-00000-of-00001.parquet", "annotated/photo-1a2b3c4d.jpg",
+                 "annotated/clip-5e6f7a8b.mp4", "annotated/notes.txt", "mine.csv"):
+        (out / name).write_text("earlier")
+    assert _prepare_output(str(out), overwrite=True) == str(out)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["annotated/notes.txt", "mine.csv"]
+
+
 def test_output_on_a_remote_filesystem_is_written_summarised_and_skipped_from(tmp_path, monkeypatch):
     """An output given as a URI (gs://...) is read back through Beam's FileSystems, not as a local path."""
     monkeypatch.setattr(DiskBackedFileSystem, "ROOT", str(tmp_path / "bucket"))
