@@ -77,11 +77,14 @@ class UtkData(NamedTuple):
 
 
 def default_data_dir() -> Path:
-    """``$FACEBEAM_DATA`` if set, else ``../shared/data`` beside the repository."""
+    """``$FACEBEAM_DATA`` if set, else ``../shared/data`` beside the repository (for an installed
+    package, which has no repository around it: beside the working directory)."""
     env = os.environ.get("FACEBEAM_DATA")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    checkout = Path(__file__).resolve().parent.parent
+    base = checkout if (checkout / "setup.py").is_file() else Path.cwd()
+    return base.parent / "shared" / "data"
 
 
 def load_fer(path: str | os.PathLike) -> FerData:

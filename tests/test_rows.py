@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -111,3 +113,17 @@ def test_summary_table_round_trips():
     text = format_summary(summary, "/out")
     assert parse_summary(text) == {k: summary[k] for k in parse_summary(text)}
     assert "emotions: happy 100, sad 23" in text and "error at decode: /a.jpg: bad" in text
+
+
+def test_default_data_dir(monkeypatch, tmp_path):
+    from models import data
+
+    monkeypatch.setenv("FACEBEAM_DATA", str(tmp_path / "mine"))
+    assert data.default_data_dir() == tmp_path / "mine"
+    monkeypatch.delenv("FACEBEAM_DATA")
+    checkout = Path(data.__file__).resolve().parent.parent
+    assert data.default_data_dir() == checkout.parent / "shared" / "data"  # beside the repository
+    # an installed package (no setup.py above it) looks beside the working directory
+    monkeypatch.setattr(data, "__file__", str(tmp_path / "site-packages" / "models" / "data.py"))
+    monkeypatch.chdir(tmp_path)
+    assert data.default_data_dir() == tmp_path.parent / "shared" / "data"
