@@ -14,18 +14,10 @@ from pathlib import Path
 
 import keras
 
+from models.registry import replaced_whole
 from models.swa import snapshot_path
 
 __all__ = ["KeepBest", "EpochSeconds", "SittingLog", "EpochWeights", "AtomicBackup", "backed_up_epochs"]
-
-
-def _part(path: str | Path) -> str:
-    """A temporary name beside ``path`` that keeps its Keras suffix (``.keras``, ``.weights.h5``)."""
-    path = str(path)
-    for suffix in (".weights.h5", ".keras", ".json"):
-        if path.endswith(suffix):
-            return path[:-len(suffix)] + ".part" + suffix
-    return path + ".part"
 
 
 def backed_up_epochs(backup_dir: str | Path) -> int | None:
@@ -43,12 +35,10 @@ class AtomicBackup(keras.callbacks.BackupAndRestore):
 
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
-        part = _part(self._weights_path)
-        self.model.save_weights(filepath=part, overwrite=True)
-        os.replace(part, self._weights_path)
-        part = _part(self._training_metadata_path)
-        Path(part).write_text(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
-        os.replace(part, self._training_metadata_path)
+        with replaced_whole(self._weights_path) as part:
+            self.model.save_weights(filepath=part, overwrite=True)
+        with replaced_whole(self._training_metadata_path) as part:
+            Path(part).write_text(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
 
 
 class KeepBest(keras.callbacks.Callback):
@@ -73,9 +63,8 @@ class KeepBest(keras.callbacks.Callback):
             raise KeyError(f"KeepBest monitors {self.monitor!r}, which the epoch's logs lack: {sorted(logs or {})}")
         if (value < self.best) if self.mode == "min" else (value > self.best):
             self.best = float(value)
-            part = _part(self.path)
-            (self.target or self.model).save(part)
-            os.replace(part, self.path)
+            with replaced_whole(self.path) as part:
+                (self.target or self.model).save(part)
 
 
 class EpochSeconds(keras.callbacks.Callback):
@@ -110,9 +99,8 @@ class SittingLog(keras.callbacks.Callback):
         self.seconds = time.time() - self._start
         self.line["epochs"] = [self.line["epochs"][0], self.line["epochs"][1] + 1]
         self.line["seconds"] = round(self.seconds, 1)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("\n".join([*self._kept, json.dumps(self.line)]) + "\n")
-        tmp.replace(self.path)
+        with replaced_whole(self.path) as part:
+            Path(part).write_text("\n".join([*self._kept, json.dumps(self.line)]) + "\n")
 
     def on_train_end(self, logs=None):
         self.seconds = time.time() - self._start
@@ -130,6 +118,5 @@ class EpochWeights(keras.callbacks.Callback):
         if epoch + 1 >= self.first:
             path = snapshot_path(self.workdir, epoch + 1)
             path.parent.mkdir(parents=True, exist_ok=True)
-            part = _part(path)
-            (self.target or self.model).save_weights(part)
-            os.replace(part, path)
+            with replaced_whole(path) as part:
+                (self.target or self.model).save_weights(part)

@@ -215,10 +215,11 @@ def fer_faces(d: FerData, classes: tuple[str, ...] | list[str]) -> tuple[np.ndar
 def save_cache(path: Path, **arrays) -> None:
     """Writes a training cache (features, teacher outputs) as ``path`` (.npz), whole or not at all:
     written beside it and renamed over it."""
+    from models.registry import replaced_whole
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name.removesuffix(".npz") + ".part.npz")
-    np.savez(part, **arrays)
-    os.replace(part, path)
+    with replaced_whole(path) as part:
+        np.savez(part, **arrays)
 
 
 def load_cache(path: Path) -> dict[str, np.ndarray] | None:

@@ -18,11 +18,12 @@ import contextlib
 import io
 import logging
 import os
-import tempfile
 import threading
 from pathlib import Path
 
 import numpy as np
+
+from models.registry import cache_root, replaced_whole
 
 __all__ = ["CHUNKS", "LiteModel", "cache_dir", "flatbuffer", "cpu_threads"]
 
@@ -34,8 +35,6 @@ CHUNKS = (16, 4, 1)
 
 def cache_dir() -> Path:
     """Where converted models are kept: ``$FACEBEAM_CACHE`` or ``~/.cache/facebeam``, then ``litert/``."""
-    from models.registry import cache_root
-
     return cache_root() / "litert"
 
 
@@ -75,9 +74,8 @@ def flatbuffer(load, name: str, sha256: str, cache: Path | None = None) -> bytes
     blob = _convert(load())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".part", delete=False) as f:
-            f.write(blob)
-        os.replace(f.name, path)  # atomic: a concurrent reader sees the whole file or none
+        with replaced_whole(path) as part:  # a concurrent reader sees the whole file or none
+            Path(part).write_bytes(blob)
     except OSError as e:
         LOG.warning("could not cache the converted %s in %s: %s", name, path.parent, e)
     return blob

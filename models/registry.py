@@ -12,16 +12,18 @@ the worker's cache; a local path must exist where the model is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 __all__ = ["ModelSpec", "WEIGHTS_DIR", "SHIPPED", "DEFAULT_MODELS", "default_specs", "resolve", "verify", "load_checked", "sha256_of",
-           "ModelIntegrityError", "cache_root"]
+           "ModelIntegrityError", "cache_root", "is_uri", "replaced_whole"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -37,6 +39,28 @@ DEFAULT_MODELS: dict[str, str] = {"emotion": "emotion_v2", "age-gender": "age_ge
 
 # A URI with a scheme (gs://, s3://, ...), read through Beam's FileSystems.
 _URI = re.compile(r"[a-zA-Z][-a-zA-Z0-9+.]*://")
+
+
+def is_uri(path: str) -> bool:
+    """True for a FileSystems URI (``gs://...``), False for a local path; without importing Beam."""
+    return bool(_URI.match(str(path)))
+
+
+@contextlib.contextmanager
+def replaced_whole(path: str | os.PathLike) -> Iterator[str]:
+    """A new temporary file beside ``path``, with its suffix (Keras and numpy choose the format by
+    it), renamed over ``path`` when the block ends without an error: readers, other processes
+    included, see the old file or the new one, never part of one, and a kill leaves the old one."""
+    path = Path(path)
+    suffix = ".weights.h5" if path.name.endswith(".weights.h5") else path.suffix
+    # A name of its own per writer (not a file made here: the writer creates it, with the usual mode).
+    part = str(path.with_name(f"{path.name.removesuffix(suffix)}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part{suffix}"))
+    try:
+        yield part
+        os.replace(part, path)
+    finally:
+        if os.path.exists(part):
+            os.unlink(part)
 
 
 def cache_root() -> Path:
@@ -79,7 +103,7 @@ class ModelSpec:
         FileSystems URI copied once into the cache, or else the path as given."""
         if self.shipped:
             return str(WEIGHTS_DIR / f"{self.name}.keras")
-        if _URI.match(self.path):
+        if is_uri(self.path):
             return _fetched(self.path, self.sha256)
         return self.path
 
@@ -106,7 +130,7 @@ def sha256_of(path: str | os.PathLike) -> str:
 def resolve(name_or_path: str, task: str) -> ModelSpec:
     """The spec of a shipped model (by name), of a local ``.keras`` file with its JSON sidecar, or of
     one on a FileSystems URI (``gs://...``)."""
-    if _URI.match(name_or_path):
+    if is_uri(name_or_path):
         path, sidecar_text = name_or_path, _read_uri_sidecar(name_or_path)
         name, shipped = name_or_path.rsplit("/", 1)[-1].removesuffix(".keras"), False
         sidecar = name_or_path.removesuffix(".keras") + ".json"
@@ -169,15 +193,9 @@ def _fetched(uri: str, sha256: str) -> str:
     if target.is_file():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, FileSystems.open(uri) as src:
-            while chunk := src.read(1 << 20):
-                out.write(chunk)
-        os.replace(tmp, target)  # whole files only, also with several processes fetching at once
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with replaced_whole(target) as part, open(part, "wb") as out, FileSystems.open(uri) as src:
+        while chunk := src.read(1 << 20):
+            out.write(chunk)
     return str(target)
 
 
@@ -191,7 +209,7 @@ def verify(spec: ModelSpec) -> None:
     path = spec.local_file()
     actual = sha256_of(path)
     if actual != spec.sha256:
-        if _URI.match(spec.path):  # a cached copy gone bad: fetched again next time
+        if is_uri(spec.path):  # a cached copy gone bad: fetched again next time
             os.unlink(path)
         raise ModelIntegrityError(
             f"{path}: sha256 {actual} does not match the recorded {spec.sha256}; refusing to load it")

@@ -36,7 +36,7 @@ LOG = logging.getLogger("facebeam.train")
 
 __all__ = [
     "main", "parse_args", "run", "train_emotion", "train_age_gender", "emotion_predict", "age_gender_predict",
-    "fit_resumable", "check_recipe", "read_history", "read_sittings", "write_outputs", "write_sidecar", "emotion_record", "emotion_faces",
+    "fit_resumable", "check_recipe", "RecipeMismatch", "read_history", "read_sittings", "write_outputs", "write_sidecar", "emotion_record", "emotion_faces",
     "cosine_schedule", "train_seconds", "set_threads", "inverse_frequency_weights", "FGSM_EPS",
 ]
 
@@ -558,24 +558,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 _MAY_CHANGE = ("epochs", "name")
 
 
+class RecipeMismatch(ValueError):
+    """A --workdir holding a run trained with other settings."""
+
+
 def check_recipe(workdir: Path, recipe: dict) -> None:
     """Records ``recipe`` (``parse_args``' settings) in ``workdir`` at its first sitting; later
     sittings must give the same ones (``--epochs`` and ``--name`` aside), or their record would
-    describe a model trained otherwise. Raises ValueError naming the settings that differ."""
+    describe a model trained otherwise. Raises RecipeMismatch naming the settings that differ."""
     path = workdir / "recipe.json"
     recipe = json.loads(json.dumps(recipe))
     if path.is_file():
         kept = json.loads(path.read_text())
         changed = sorted(k for k in set(kept) | set(recipe) if k not in _MAY_CHANGE and kept.get(k) != recipe.get(k))
         if changed:
-            raise ValueError(f"{workdir} holds a run trained with other settings ("
+            raise RecipeMismatch(f"{workdir} holds a run trained with other settings ("
                              + ", ".join(f"{k}: {kept.get(k)!r} there, {recipe.get(k)!r} now" for k in changed)
                              + "); rerun with its settings (only --epochs may grow) or use another --workdir")
         return
+    from models.registry import replaced_whole
+
     workdir.mkdir(parents=True, exist_ok=True)
-    part = path.with_suffix(".part")
-    part.write_text(json.dumps(recipe, indent=2) + "\n")
-    part.replace(path)
+    with replaced_whole(path) as part:
+        Path(part).write_text(json.dumps(recipe, indent=2) + "\n")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -597,11 +602,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     set_threads(args.threads)
     try:
-        check_recipe(Path(args.workdir), args.recipe)
-    except ValueError as e:
+        run(args)
+    except RecipeMismatch as e:
         print(f"models.train: error: {e}", file=sys.stderr)
         return 2
-    run(args)
     return 0
 
 

@@ -312,10 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"facebeam analyze: error: {e}", file=sys.stderr)
         return 2
-    if PipelineOptions(build_argv(argv)).view_as(TestOptions).dry_run:
+    opts = PipelineOptions(build_argv(argv))
+    if opts.view_as(TestOptions).dry_run:
         print("dry run: the job graph was built; nothing was read or written")
         return 0
-    a = PipelineOptions(build_argv(argv)).view_as(AnalyzeOptions)
+    a = opts.view_as(AnalyzeOptions)
     try:
         summary = summarize(output)
     except Exception as e:  # the tables are written; only reading them back failed

@@ -11,18 +11,16 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from models.registry import is_uri
+
 __all__ = ["summarize", "format_summary", "parse_summary", "SUMMARY_COLUMNS", "table_files", "read_table",
            "previous_contents"]
-
-# A URI with a scheme (gs://, s3://, ...), read through Beam's FileSystems; anything else is a local path.
-_URI = re.compile(r"[a-zA-Z][-a-zA-Z0-9+.]*://")
-
 
 def table_files(output: str, name: str) -> list[str]:
     """Sorted paths of the ``name-*.parquet`` shards of an output: a local directory (matched on file
     names, so a directory named with ``[``, ``*`` or ``?`` is read as named) or any Beam FileSystems
     URI (``gs://...``); [] where there are none."""
-    if _URI.match(output):
+    if is_uri(output):
         from apache_beam.io.filesystems import FileSystems
 
         try:
@@ -43,7 +41,7 @@ def read_table(output: str, name: str, columns: list[str] | None = None) -> pa.T
     files = table_files(output, name)
     if not files:
         raise FileNotFoundError(f"no {name}-*.parquet in {output}")
-    if not _URI.match(output):
+    if not is_uri(output):
         return ds.dataset(files, format="parquet").to_table(columns=columns)
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
