@@ -169,6 +169,9 @@ def _check_flags(a: AnalyzeOptions) -> None:
             raise ValueError(f"{flag} {value} is below {low}")
     if a.min_confidence > 1:
         raise ValueError(f"--min_confidence {a.min_confidence} is above 1 (MTCNN scores are 0 to 1)")
+    if a.output and any(c in a.output for c in "*?["):
+        raise ValueError(f"--output {a.output}: Beam's file sinks read the output location as a pattern; "
+                         "choose a location without *, ? or [")
 
 
 def _prepare_output(output: str, overwrite: bool) -> str:

@@ -567,6 +567,17 @@ def test_bad_flags_are_refused_before_the_output_is_touched(tmp_path, capsys, fl
     assert (out / "sources-00000-of-00001.parquet").read_bytes() == b"an earlier run"
 
 
+@pytest.mark.parametrize("name", ["run[1]", "run*", "run?"])
+def test_an_output_named_like_a_pattern_is_refused_before_anything_is_written(tmp_path, capsys, name):
+    from pipelines.analyze import main
+
+    d = tmp_path / "in"
+    _small_corpus(d)
+    assert main(["--input", str(d), "--output", str(tmp_path / name)]) == 2
+    assert "choose a location without *, ? or [" in capsys.readouterr().err
+    assert not (tmp_path / name).exists()
+
+
 def test_an_output_that_is_a_file_is_refused(tmp_path, capsys):
     from pipelines.analyze import main
 
