@@ -9,32 +9,36 @@
   ``tracks`` view (its columns are not fixed here), and a query naming it fails with DuckDB's
   "Table with name tracks does not exist".
 
-Shards are read with ``union_by_name``, so optional columns (``track_id``, ``crop_jpeg``) that only
-some shards carry read as NULL in the others. The views only read: the Parquet files are never
-changed. Only local directories are supported.
+The views scan the shards as one pyarrow dataset (``pipelines.summary.local_dataset``): file names
+are read as named (a directory called ``out[1]`` is not a pattern), and optional columns
+(``track_id``, ``crop_jpeg``) that only some shards carry read as NULL in the others. The views only
+read: the Parquet files are never changed. Only local directories are supported.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import csv
-import datetime
 import decimal
 import io
+import itertools
 import json
 import math
 import os
 import shutil
 import sys
-import uuid
+from collections.abc import Iterable, Iterator
+from typing import TextIO
 
 import duckdb
+import pyarrow as pa
 
-from pipelines.summary import table_files
+from pipelines.summary import local_dataset, table_files
 
-__all__ = ["TABLES", "OPTIONAL_TABLES", "table_files", "sql_string", "view_sql", "connect", "views", "columns_of",
-           "to_csv", "to_json", "main"]
+__all__ = ["TABLES", "OPTIONAL_TABLES", "table_files", "sql_string", "connect", "views", "columns_of",
+           "json_keys", "write_csv", "write_json", "to_csv", "to_json", "main"]
 
 # Tables every output directory has (an absent one becomes an empty view), then optional ones.
 TABLES: tuple[str, ...] = ("faces", "sources")
@@ -44,18 +48,6 @@ OPTIONAL_TABLES: tuple[str, ...] = ("tracks",)
 def sql_string(value: str) -> str:
     """``value`` as a DuckDB string literal (single quotes doubled; backslashes are literal)."""
     return "'" + value.replace("'", "''") + "'"
-
-
-def view_sql(name: str, files: list[str]) -> str:
-    """``CREATE VIEW name`` over the Parquet ``files``.
-
-    Hive partitioning is off so that a ``key=value`` folder in the path adds no column.
-    """
-    if not files:
-        raise ValueError(f"no files for the {name} view")
-    listed = ", ".join(sql_string(f) for f in files)
-    return (f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet([{listed}], '
-            f"union_by_name = true, hive_partitioning = false)")
 
 
 def _empty_view(con: duckdb.DuckDBPyConnection, name: str) -> None:
@@ -85,7 +77,7 @@ def connect(output_dir: str | os.PathLike) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
     for name, files in found.items():
         if files:
-            con.execute(view_sql(name, files))
+            con.from_arrow(local_dataset(files)).create_view(name)
         elif name in TABLES:
             _empty_view(con, name)
     return con
@@ -103,25 +95,45 @@ def columns_of(con: duckdb.DuckDBPyConnection, view: str) -> list[str]:
 
 
 def _plain(value):
-    """A value as JSON can hold it: bytes as base64, non-finite floats as None, others as text."""
+    """A value as JSON can hold it: bytes as base64, non-finite floats as None, decimals as numbers,
+    dates, times and UUIDs as text."""
     if value is None or isinstance(value, (bool, int, str)):
         return value
+    if isinstance(value, decimal.Decimal):  # DECIMAL, and HUGEINT (sums) as Arrow gives them
+        if value.is_finite() and value.as_tuple().exponent >= 0:
+            return int(value)
+        value = float(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, (bytes, bytearray, memoryview)):
         return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, pa.MonthDayNano):  # an INTERVAL, as an ISO 8601 duration
+        return f"P{value.months}M{value.days}DT{value.nanoseconds / 1e9:g}S"
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (datetime.date, datetime.time, datetime.timedelta, decimal.Decimal, uuid.UUID)):
-        return str(value)
     return str(value)
 
 
-def to_csv(columns: list[str], rows: list[tuple]) -> str:
-    """CSV text with a header; NULL is empty, lists and structs are JSON, bytes base64."""
-    out = io.StringIO()
+def json_keys(columns: list[str]) -> list[str]:
+    """Object keys for result ``columns``: a repeated name (``SELECT *`` over a join) gets the first
+    free suffix ``_1``, ``_2``, ... so that no column is lost."""
+    keys: list[str] = []
+    taken = set(columns)
+    seen: set[str] = set()
+    for name in columns:
+        key, n = name, 0
+        while key in seen or (key != name and key in taken):
+            n += 1
+            key = f"{name}_{n}"
+        seen.add(key)
+        keys.append(key)
+    return keys
+
+
+def write_csv(columns: list[str], rows: Iterable[tuple], out: TextIO) -> None:
+    """CSV with a header; NULL is empty, lists and structs are JSON, bytes base64."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
@@ -134,13 +146,39 @@ def to_csv(columns: list[str], rows: list[tuple]) -> str:
             else:
                 cells.append(value)
         writer.writerow(cells)
+
+
+def write_json(columns: list[str], rows: Iterable[tuple], out: TextIO) -> None:
+    """A JSON array with one object per row (one row per line, keys from ``json_keys``); bytes base64,
+    NaN as null."""
+    keys = json_keys(columns)
+    out.write("[")
+    sep = "\n"
+    for row in rows:
+        out.write(sep + json.dumps(dict(zip(keys, map(_plain, row))), ensure_ascii=False))
+        sep = ",\n"
+    out.write("\n]\n" if sep != "\n" else "]\n")
+
+
+def to_csv(columns: list[str], rows: Iterable[tuple]) -> str:
+    """``write_csv`` as a string."""
+    out = io.StringIO()
+    write_csv(columns, rows, out)
     return out.getvalue()
 
 
-def to_json(columns: list[str], rows: list[tuple]) -> str:
-    """A JSON array with one object per row (one row per line); bytes base64, NaN as null."""
-    lines = [json.dumps(dict(zip(columns, map(_plain, row))), ensure_ascii=False) for row in rows]
-    return "[\n" + ",\n".join(lines) + "\n]\n" if lines else "[]\n"
+def to_json(columns: list[str], rows: Iterable[tuple]) -> str:
+    """``write_json`` as a string."""
+    out = io.StringIO()
+    write_json(columns, rows, out)
+    return out.getvalue()
+
+
+def _stream(rel: duckdb.DuckDBPyRelation, chunk: int = 4096) -> Iterator[tuple]:
+    """The rows of ``rel`` an Arrow batch at a time: an export of millions of rows holds one batch in
+    memory."""
+    for batch in rel.to_arrow_reader(chunk):
+        yield from zip(*(column.to_pylist() for column in batch.columns))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -153,7 +191,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("query", help="SQL to run; several statements separated by ';' print the last "
                                       "one's result; '-' reads the SQL from standard input")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table",
-                        help="table (DuckDB's rendering, for reading), csv or json (every row, for programs)")
+                        help="table (DuckDB's rendering, for reading), csv or json (every row, for programs; "
+                             "json suffixes a repeated column name with _1, _2, ...)")
     parser.add_argument("--max_rows", type=int, default=100,
                         help="rows shown by --format table (the first and last halves); csv and json print all")
     return parser
@@ -174,11 +213,18 @@ def main(argv: list[str] | None = None) -> int:
             width = shutil.get_terminal_size((160, 24)).columns
             rel.show(max_rows=max(args.max_rows, 1), max_width=width)
             return 0
-        columns, rows = rel.columns, rel.fetchall()
+        columns, rows = rel.columns, _stream(rel)
+        first = next(rows, None)  # the query's errors come before any output
+        rows = itertools.chain([] if first is None else [first], rows)
+        (write_csv if args.format == "csv" else write_json)(columns, rows, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader stopped early (| head): not an error
+        with contextlib.suppress(OSError, ValueError):  # nor is the flush at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (OSError, ValueError, duckdb.Error) as e:
         print(f"facebeam sql: error: {e}", file=sys.stderr)
         return 2
-    sys.stdout.write(to_csv(columns, rows) if args.format == "csv" else to_json(columns, rows))
     return 0
 
 

@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 
 from models.registry import is_uri
 
-__all__ = ["summarize", "format_summary", "parse_summary", "SUMMARY_COLUMNS", "table_files", "read_table",
-           "previous_contents"]
+__all__ = ["summarize", "format_summary", "parse_summary", "SUMMARY_COLUMNS", "table_files", "local_dataset",
+           "read_table", "previous_contents"]
+
 
 def table_files(output: str, name: str) -> list[str]:
     """Sorted paths of the ``name-*.parquet`` shards of an output: a local directory (matched on file
@@ -35,6 +36,15 @@ def table_files(output: str, name: str) -> list[str]:
                   if fnmatch.fnmatchcase(f, pattern) and os.path.isfile(os.path.join(output, f)))
 
 
+def local_dataset(files: list[str]) -> ds.Dataset:
+    """Local Parquet ``files`` (paths read as named: never as patterns, ``~`` as a folder) as one pyarrow dataset whose
+    schema is the union of theirs: a column that only some shards carry reads as null in the others,
+    whichever shard comes first."""
+    files = [os.path.abspath(f) for f in files]  # pyarrow would read a leading ~ as the home directory
+    schema = pa.unify_schemas([pq.read_schema(f) for f in files])
+    return ds.dataset(files, schema=schema, format="parquet")
+
+
 def read_table(output: str, name: str, columns: list[str] | None = None) -> pa.Table:
     """The ``name`` table (faces, sources or tracks) of an output as a pyarrow Table (only ``columns``
     where given). Shards that lack an optional column read it as null."""
@@ -42,7 +52,7 @@ def read_table(output: str, name: str, columns: list[str] | None = None) -> pa.T
     if not files:
         raise FileNotFoundError(f"no {name}-*.parquet in {output}")
     if not is_uri(output):
-        return ds.dataset(files, format="parquet").to_table(columns=columns)
+        return local_dataset(files).to_table(columns=columns)
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 

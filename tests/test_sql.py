@@ -13,6 +13,7 @@ import pytest
 
 from pipelines import cli, sql
 from tests.outputs import face, faces_table, source, write_output
+from pipelines.summary import read_table
 from transforms.sinks import FACES_SCHEMA
 
 PHOTO, CLIP = "/data/a/photo.jpg", "/data/b/clip.mp4"
@@ -53,11 +54,15 @@ def test_tracks_view_only_when_its_files_exist(output, tmp_path):
     assert con.execute("SELECT source_uri, track_id FROM tracks").fetchall() == [(CLIP, 1)]
 
 
-def test_optional_columns_in_some_shards_read_as_null_in_others(tmp_path):
+@pytest.mark.parametrize("bare_shard", ["faces-00000-of-00002.parquet", "faces-00001-of-00002.parquet"])
+def test_optional_columns_in_some_shards_read_as_null_in_others(tmp_path, bare_shard):
     out = tmp_path / "out"
     rows = _faces()
-    write_output(out, faces_table(rows[:2], track_id=[7, 8], crop_jpeg=[b"\xff\xd8a", None]), _sources())
-    pq.write_table(faces_table(rows[2:]), out / "faces-00001-of-00002.parquet")
+    write_output(out, None, _sources())
+    full = "faces-00001-of-00002.parquet" if bare_shard.startswith("faces-00000") else "faces-00000-of-00002.parquet"
+    pq.write_table(faces_table(rows[:2], track_id=[7, 8], crop_jpeg=[b"\xff\xd8a", None]), out / full)
+    pq.write_table(faces_table(rows[2:]), out / bare_shard)  # the first shard or not: the union either way
+    assert {"track_id", "crop_jpeg"} <= set(read_table(str(out), "faces").column_names)
     con = sql.connect(out)
     got = con.execute("SELECT face_index, track_id, crop_jpeg FROM faces ORDER BY source_uri, face_index").fetchall()
     assert got == [(0, 7, b"\xff\xd8a"), (1, 8, None), (0, None, None), (0, None, None)]
@@ -70,11 +75,21 @@ def test_a_missing_table_is_an_empty_view_with_its_schema(tmp_path):
     assert con.execute("SELECT count(*) FROM faces JOIN sources USING (source_uri)").fetchall() == [(0,)]
 
 
-def test_directory_names_are_not_globs_or_partitions(tmp_path):
-    out = write_output(tmp_path / "year=2024" / "out [it's]*", _faces(), _sources())
-    write_output(tmp_path / "year=2024" / "out [it's]x", _faces(), _sources())  # would match as a glob
+@pytest.mark.parametrize("name, sibling", [("out[1]", "out1"), ("o*", "oZZ"), ("o?", "oZ"), ("~", None),
+                                           ("out [it's]", None)])
+def test_directory_names_are_not_globs_or_partitions(tmp_path, monkeypatch, name, sibling):
+    """A directory is read as named: not as a pattern over its siblings, not as the home directory, and
+    a ``key=value`` folder above it adds no column."""
+    parent = tmp_path / "year=2024"
+    out = write_output(parent / name, _faces(), _sources())
+    if sibling:  # one face, one source: a pattern that matched it too would count them
+        write_output(parent / sibling, _faces()[:1], _sources()[:1])
+    if name == "~":  # given relative: the folder ./~, not the home directory
+        monkeypatch.chdir(parent)
+        out = "~"
     con = sql.connect(out)
     assert con.execute("SELECT count(*) FROM faces").fetchall() == [(4,)]
+    assert con.execute("SELECT count(*) FROM sources").fetchall() == [(3,)]
     assert "year" not in sql.columns_of(con, "faces")
 
 
@@ -103,6 +118,47 @@ def test_values_become_plain_text():
     assert sql.to_csv(["b", "l"], [(b"\x00\x01", [1.5])]) == 'b,l\nAAE=,[1.5]\n'
     assert sql.to_json(["a"], []) == "[]\n"
     assert sql.sql_string("it's") == "'it''s'"
+
+
+def test_json_keeps_every_column_and_numbers_stay_numbers(output, capsys):
+    assert sql.json_keys(["a", "a", "a_1", "b", "a"]) == ["a", "a_2", "a_1", "b", "a_3"]
+    query = ("SELECT 1 AS a, 2 AS a, 3 AS a_1, 2.50::DECIMAL(9, 3) AS d, sum(frames) AS s, "
+             "INTERVAL '1 day 2 seconds' AS i FROM sources")
+    assert sql.main([str(output), query, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"a": 1, "a_2": 2, "a_1": 3, "d": 2.5, "s": 4,
+                                                    "i": "P0M1DT2S"}]
+    # SELECT * over a join: both tables' source_type survive.
+    assert sql.main([str(output), "SELECT * FROM faces JOIN sources USING (source_uri) LIMIT 1",
+                     "--format", "json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert {"source_type", "source_type_1", "run_id", "run_id_1"} <= set(row)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_exports_stream_every_row_in_order(output, capsys, fmt):
+    n = 3 * 4096 + 5  # several Arrow batches
+    assert sql.main([str(output), f"SELECT range AS i FROM range({n})", "--format", fmt]) == 0
+    text = capsys.readouterr().out
+    got = [int(r["i"]) for r in (csv.DictReader(io.StringIO(text)) if fmt == "csv" else json.loads(text))]
+    assert got == list(range(n))
+
+
+class _Refusing(io.StringIO):
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+
+    def write(self, text):
+        raise self.error
+
+
+def test_an_export_that_cannot_be_written_exits_2_and_a_closed_pipe_is_not_an_error(output, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdout", _Refusing(OSError(28, "No space left on device")))
+    assert sql.main([str(output), "SELECT * FROM faces", "--format", "json"]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdout", _Refusing(BrokenPipeError(32, "Broken pipe")))
+    assert sql.main([str(output), "SELECT * FROM faces", "--format", "csv"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_cli_dispatches_to_sql(output, capsys):
