@@ -1,11 +1,13 @@
 """The ``facebeam report`` command: one self-contained HTML file describing an output directory.
 
 Every number is computed with DuckDB SQL over the views of ``pipelines.sql.connect``, so the
-report agrees with ``facebeam sql`` over the same Parquet files. Plots are PNGs drawn on
+report agrees with ``facebeam sql`` over the same Parquet files (except that a NaN score, age or
+probability counts as missing, as SQL's NULL does: it is left out of means, ranges and rankings). Plots are PNGs drawn on
 matplotlib's Agg canvas and embedded as base64, face pictures are embedded JPEGs
 (``pipelines.thumbnails``): the file opens offline and needs no JavaScript.
 
-Sections, by their stable ``id``: ``totals`` (inputs by status and type, frames, faces, runs),
+Sections, by their stable ``id``: ``totals`` (inputs by status and type, frames, faces, and each
+run's inputs, models and faces),
 ``emotions`` (overall), ``groups`` (emotions per group: the parent folder of ``source_uri``, or
 the first capture group of ``--group_regex``), ``age-gender``, ``timelines`` (mean emotion
 probabilities over time for each video, per track when faces carry ``track_id``), ``gallery``
@@ -27,6 +29,7 @@ import base64
 import html
 import io
 import os
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -36,7 +39,7 @@ import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pipelines.sql import columns_of, connect, sql_string
+from pipelines.sql import columns_of, connect, sql_string, views
 from pipelines.thumbnails import FaceRef, face_thumbnails
 
 __all__ = ["SECTIONS", "NO_GROUP", "ReportOptions", "ReportData", "group_expression", "collect", "render_html",
@@ -106,7 +109,7 @@ class GalleryFace:
 
     emotion: str
     rank: int
-    confidence: float
+    confidence: float | None  # None: the model gave NaN
     timestamp_s: float | None
     ref: FaceRef
 
@@ -241,7 +244,7 @@ def _timeline(con, uri: str, emotions: tuple[str, ...], has_tracks: bool, max_tr
             series.append((label, [], {e: [] for e in emotions}))
         series[-1][1].append(float(t))
         for e, p in zip(emotions, probs):
-            series[-1][2][e].append(float(p))
+            series[-1][2][e].append(math.nan if p is None else float(p))  # a gap in the line
     return Timeline(uri, int(faces), int(frames), int(tracks), int(untracked), series)
 
 
@@ -252,10 +255,11 @@ def _gallery(con, k: int, has_crops: bool) -> list[GalleryFace]:
                x1, y1, x2, y2, image_width, image_height, {crop}
         FROM (SELECT *, row_number() OVER (
                   PARTITION BY emotion
-                  ORDER BY emotion_confidence DESC, source_uri, frame_index NULLS FIRST, face_index) AS rank
+                  ORDER BY emotion_confidence DESC NULLS LAST, source_uri, frame_index NULLS FIRST, face_index)
+                  AS rank
               FROM faces)
         WHERE rank <= ? ORDER BY emotion, rank""", [k]).fetchall()
-    return [GalleryFace(e, int(rank), float(conf), ts,
+    return [GalleryFace(e, int(rank), None if conf is None else float(conf), ts,
                         FaceRef(uri, stype, frame, (x1, y1, x2, y2), int(w), int(h),
                                 bytes(jpeg) if jpeg is not None else None))
             for e, rank, conf, ts, uri, stype, frame, x1, y1, x2, y2, w, h, jpeg in rows]
@@ -279,11 +283,27 @@ def _confidence(con, bins: int) -> tuple[list[tuple[float, float, int]], int]:
     return [(a, b, int(counts.get(i, 0))) for i, (a, b) in enumerate(edges)], int(missing)
 
 
+def _nan_as_null(con: duckdb.DuckDBPyConnection) -> None:
+    """Makes the ``faces`` view read NaN in its number columns as NULL, so that every figure of the
+    report counts a NaN score, age or probability as missing (the table as written stays readable as
+    ``faces_as_written``)."""
+    if "faces_as_written" in views(con):
+        return
+    floats = [row[0] for row in con.execute("DESCRIBE faces").fetchall() if row[1] in ("FLOAT", "DOUBLE")]
+    if not floats:
+        return
+    con.execute("ALTER VIEW faces RENAME TO faces_as_written")
+    replaced = ", ".join(f"CASE WHEN isnan({_ident(c)}) THEN NULL ELSE {_ident(c)} END AS {_ident(c)}"
+                         for c in floats)
+    con.execute(f"CREATE VIEW faces AS SELECT * REPLACE ({replaced}) FROM faces_as_written")
+
+
 def collect(con: duckdb.DuckDBPyConnection, output_dir: str, options: ReportOptions) -> ReportData:
-    """Runs the report's queries over the views of ``pipelines.sql.connect``.
+    """Runs the report's queries over the views of ``pipelines.sql.connect`` (NaN read as missing).
 
     Raises ValueError for bad grouping options (including a regex DuckDB rejects).
     """
+    _nan_as_null(con)
     group = group_expression(options.group_by, options.group_regex)
     try:
         con.execute(f"SELECT {group} FROM (SELECT ''::VARCHAR AS source_uri)").fetchall()
@@ -296,12 +316,17 @@ def collect(con: duckdb.DuckDBPyConnection, output_dir: str, options: ReportOpti
 
     by_type = con.execute("""
         SELECT source_type, count(*), count(*) FILTER (status = 'ok'), count(*) FILTER (status = 'no_face'),
-               count(*) FILTER (status = 'error'), sum(frames), sum(faces)
+               count(*) FILTER (status = 'error'), count(*) FILTER (status = 'skipped'), sum(frames), sum(faces)
         FROM sources GROUP BY source_type ORDER BY source_type""").fetchall()
+    # Every run that wrote a row: one whose inputs all failed, had no face or were skipped has no faces.
     runs = con.execute("""
-        SELECT run_id, string_agg(DISTINCT emotion_model, ', ' ORDER BY emotion_model),
-               string_agg(DISTINCT age_gender_model, ', ' ORDER BY age_gender_model), count(*)
-        FROM faces GROUP BY run_id ORDER BY run_id""").fetchall()
+        WITH s AS (SELECT run_id, count(*) AS inputs FROM sources GROUP BY run_id),
+             f AS (SELECT run_id, string_agg(DISTINCT emotion_model, ', ' ORDER BY emotion_model) AS emotion_model,
+                          string_agg(DISTINCT age_gender_model, ', ' ORDER BY age_gender_model) AS age_gender_model,
+                          count(*) AS faces
+                   FROM faces GROUP BY run_id)
+        SELECT run_id, coalesce(inputs, 0), emotion_model, age_gender_model, coalesce(faces, 0)
+        FROM s FULL JOIN f USING (run_id) ORDER BY run_id""").fetchall()
 
     emotion_counts = dict(con.execute(
         "SELECT emotion, count(*) FROM faces GROUP BY emotion ORDER BY emotion").fetchall())
@@ -513,11 +538,12 @@ def _totals_html(d: ReportData) -> str:
         labels.append(("tracks", "tracks (faces linked across frames)"))
     rows = [f"<tr><th>{_e(label)}</th>{_num(t[key], key)}</tr>" for key, label in labels]
     type_rows = [f"<tr><td>{_e(r[0])}</td>{''.join(_num(v) for v in r[1:])}</tr>" for r in d.by_type]
-    run_rows = [f"<tr><td>{_e(r[0])}</td><td>{_e(r[1])}</td><td>{_e(r[2])}</td>{_num(r[3])}</tr>" for r in d.runs]
+    run_rows = [f"<tr><td>{_e(run)}</td>{_num(inputs)}<td>{_e(emotion or '')}</td><td>{_e(age_gender or '')}</td>"
+                f"{_num(faces)}</tr>" for run, inputs, emotion, age_gender, faces in d.runs]
     return (_table(["", "count"], rows)
             + "<h3>Sources by type</h3>"
-            + _table(["source type", "inputs", "ok", "no_face", "error", "frames", "faces"], type_rows)
-            + ("<h3>Runs</h3>" + _table(["run", "emotion model", "age/gender model", "faces"], run_rows)
+            + _table(["source type", "inputs", "ok", "no_face", "error", "skipped", "frames", "faces"], type_rows)
+            + ("<h3>Runs</h3>" + _table(["run", "inputs", "emotion model", "age/gender model", "faces"], run_rows)
                if run_rows else ""))
 
 
@@ -562,7 +588,9 @@ def _age_gender_html(d: ReportData, charts: dict[str, str]) -> str:
                 f"{_num(sum(counts.get((a, g), 0) for g in genders))}</tr>" for a in ages]
     gender_rows = [f"<tr><td>{_e(g)}</td>{_num(n, f'gender:{g}')}<td class=\"n\">{_percent(n, d.totals['faces'])}</td>"
                    f"{_num(conf, digits=3)}{_num(age, digits=1)}</tr>" for g, n, conf, age in d.genders]
-    return (f"<p>Estimated age: mean {mean:.1f}, median {median:.1f}, range {lo:.1f} to {hi:.1f} years.</p>"
+    ages_text = ("no estimated age" if mean is None else
+                 f"Estimated age: mean {mean:.1f}, median {median:.1f}, range {lo:.1f} to {hi:.1f} years")
+    return (f"<p>{ages_text}.</p>"
             + _img(charts["age-gender"], "faces per age group and gender")
             + _table(["age group", *genders, "all"], age_rows)
             + _table(["gender", "faces", "share", "mean gender confidence", "mean age"], gender_rows))
@@ -602,7 +630,7 @@ def _gallery_html(d: ReportData, thumbs: list[bytes | None]) -> str:
             where = os.path.basename(g.ref.source_uri) or g.ref.source_uri
             if g.timestamp_s is not None:
                 where += f" @ {g.timestamp_s:.2f} s"
-            caption = f"{g.confidence:.3f} · {where}"
+            caption = f"{'–' if g.confidence is None else format(g.confidence, '.3f')} · {where}"
             if jpeg is None:
                 pic = '<div class="placeholder">no picture</div>'
             else:

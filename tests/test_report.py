@@ -308,3 +308,38 @@ def test_dollar_signs_in_names_and_a_nan_score_do_not_break_the_report(tmp_path)
     assert page.metric("faces") == 4
     data = report.collect(sql.connect(str(tmp_path / "out")), str(tmp_path / "out"), report.ReportOptions())
     assert sum(n for _, _, n in data.confidence_bins) == 3 and data.confidence_missing == 1
+
+
+def test_nan_values_count_as_missing_in_every_figure(tmp_path):
+    faces = [face("/d/a.jpg", "happy", 0.9, age=20), face("/d/b.jpg", "happy", 0.8, age=40, detection_confidence=float("nan")),
+             face("/d/c.jpg", "happy", 0.7, age=float("nan"))]
+    faces[1]["emotion_confidence"] = float("nan")  # not the most confident face: one without a score
+    out = write_output(tmp_path / "out", faces, [source(f["source_uri"], "image", 1) for f in faces])
+    data = report.collect(sql.connect(str(out)), str(out), report.ReportOptions())
+    assert data.age_summary == (30.0, 30.0, 20.0, 40.0)
+    assert [(g.ref.source_uri, g.confidence) for g in data.gallery] == [
+        ("/d/a.jpg", pytest.approx(0.9)), ("/d/c.jpg", pytest.approx(0.7)), ("/d/b.jpg", None)]
+    assert [(d, n, scored) for d, n, scored, _ in data.detectors] == [("mtcnn", 3, 2)]
+    assert data.detectors[0][3] == pytest.approx(0.99)
+    text, page = _render(out, tmp_path)
+    assert page.metric("confidence:faces") == 2 and page.metric("confidence:missing") == 1
+    assert "mean 30.0, median 30.0, range 20.0 to 40.0 years" in text and ">nan<" not in text
+    # No age at all: said so, not a crash.
+    for f in faces:
+        f["age"] = float("nan")
+    text, _ = _render(write_output(tmp_path / "ageless", faces, [source("/d/a.jpg", "image", 3)]), tmp_path)
+    assert "no estimated age" in text
+
+
+def test_every_run_and_status_is_in_the_totals(tmp_path):
+    """A rerun with --skip_existing whose inputs were all skipped or failed wrote sources rows, no faces."""
+    faces = [face("/d/a.jpg", "happy"), face("/d/a.jpg", "sad", face_index=1)]
+    rerun = [dict(source(uri, "image", 0), run_id="run-2", status="skipped", previous_run_id="run-test")
+             for uri in ("/d/a.jpg", "/d/b.jpg")]
+    rerun.append(dict(source("/d/c.jpg", "image", 0, errors=(("decode", "truncated"),)), run_id="run-2"))
+    out = write_output(tmp_path / "out", faces, [source("/d/a.jpg", "image", 2)] + rerun)
+    data = report.collect(sql.connect(str(out)), str(out), report.ReportOptions())
+    assert data.runs == [("run-2", 3, None, None, 0), ("run-test", 1, "emotion_test@000000", "age_gender_test@000000", 2)]
+    assert data.by_type == [("image", 4, 1, 0, 1, 2, 4, 2)]
+    _, inputs, ok, no_face, error, skipped, *_ = data.by_type[0]
+    assert ok + no_face + error + skipped == inputs
