@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import glob
 import logging
+import math
 import os
 import sys
 import uuid
@@ -29,7 +30,7 @@ from pipelines.summary import format_summary, previous_contents, summarize, tabl
 from transforms import progress
 from transforms.annotate import Annotate
 from transforms.common import WithholdFailedSources
-from transforms.faces import DETECTORS, DetectFaces, DetectOptions, make_detector
+from transforms.faces import DETECTORS, DetectFaces, DetectOptions, check_detect_options, make_detector
 from transforms.inference import PredictAttributes
 from transforms.sinks import RunInfo, WriteResults
 from transforms.tracks import AssignTracks
@@ -153,22 +154,26 @@ def _check_runner(opts: PipelineOptions) -> None:
         raise ValueError(f"--direct_running_mode=multi_threading is not supported: {_THREADS_REFUSED}")
 
 
+def _detect_options(a: AnalyzeOptions) -> DetectOptions:
+    return DetectOptions(a.detector, a.min_face_size, a.min_confidence, a.detect_max_side)
+
+
 def _check_flags(a: AnalyzeOptions) -> None:
     """Refuses flag values that would quietly give wrong results (a negative cap reads no frame)."""
     if any(not str(i).strip() for i in a.input):
         raise ValueError("--input is empty (an unset variable?); give a file, directory, glob or URI")
-    at_least = [("--min_face_size", a.min_face_size, 0), ("--min_confidence", a.min_confidence, 0),
-                ("--detect_max_side", a.detect_max_side, 0), ("--max_pixels", a.max_pixels, 1),
+    check_detect_options(_detect_options(a))
+    at_least = [("--max_pixels", a.max_pixels, 1),
                 ("--video_fps", a.video_fps, 0), ("--max_frames_per_video", a.max_frames_per_video, 0),
                 ("--video_chunk_seconds", a.video_chunk_seconds, 0),
                 ("--min_batch_size", a.min_batch_size, 1), ("--max_batch_size", a.max_batch_size, a.min_batch_size),
                 ("--model_copies", a.model_copies or 1, 1), ("--tf_threads", a.tf_threads, 0),
                 ("--num_shards", a.num_shards, 0)]
     for flag, value, low in at_least:
+        if not math.isfinite(value):
+            raise ValueError(f"{flag} {value} is not a finite number")
         if value < low:
             raise ValueError(f"{flag} {value} is below {low}")
-    if a.min_confidence > 1:
-        raise ValueError(f"--min_confidence {a.min_confidence} is above 1 (MTCNN scores are 0 to 1)")
     if a.output and any(c in a.output for c in "*?["):
         raise ValueError(f"--output {a.output}: Beam's file sinks read the output location as a pattern; "
                          "choose a location without *, ? or [")
@@ -224,7 +229,7 @@ def run(argv: list[str] | None = None, test_pipeline=None):
     run_id = a.run_id or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     run_info = RunInfo(run_id, emotion.tag, age_gender.tag)
     read_options = ReadOptions(a.video_fps, a.max_frames_per_video, a.video_chunk_seconds, a.max_pixels, known)
-    detect_options = DetectOptions(a.detector, a.min_face_size, a.min_confidence, a.detect_max_side)
+    detect_options = _detect_options(a)
 
     show_progress = not a.quiet and test_pipeline is None and _runs_in_this_process(opts)
     if show_progress:

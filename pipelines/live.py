@@ -34,12 +34,12 @@ from models.labels import EMOTIONS
 from models.registry import DEFAULT_MODELS, default_specs, resolve
 from models.tta import TTA_HELP, TTA_MODES
 from transforms import drawing
-from transforms.faces import DETECTORS, DetectOptions, faces_in_frame, make_detector
+from transforms.faces import DETECTORS, DetectOptions, check_detect_options, faces_in_frame, make_detector
 from transforms.inference import model_inputs
 from transforms.records import FaceCrop, Frame
 from transforms.sinks import FACES_SCHEMA, RunInfo, face_row
-from transforms.tracking import Smoother, Tracker
-from transforms.video import DEFAULT_FPS
+from transforms.tracking import MAX_SHIFT, Smoother, Tracker
+from transforms.video import DEFAULT_FPS, declared_frames, frame_time, truncation
 
 __all__ = [
     "LiveOptions", "LiveFace", "LiveStats", "SourceFrame", "LatestFrame", "LiveAnalyzer", "FaceLog",
@@ -107,6 +107,7 @@ class LiveStats(NamedTuple):
     seconds: float
     detect_s: float
     infer_s: float
+    problem: str | None = None  # why a file ended far short of its declared length
 
     @property
     def fps(self) -> float:
@@ -117,25 +118,29 @@ class LiveStats(NamedTuple):
 # ---- sources -----------------------------------------------------------------------------------
 
 def parse_source(text: str) -> int | str:
-    """A camera index (for digits), a stream URL, or the absolute path of an existing file or device."""
-    text = str(text).strip()
-    if not text:
+    """A camera index (for digits), a stream URL, or the absolute path of an existing file or device
+    (named exactly as given: a file name may begin or end with a space)."""
+    text = str(text)
+    if not text.strip():
         raise ValueError("--source is empty; give a camera index (0), a video file or a stream URL")
-    if text.isdigit():
+    if text.strip().isdigit():
         return int(text)
     if "://" in text:
-        return text
+        return text.strip()
     if not os.path.exists(text):
         raise ValueError(f"--source {text!r} is not a camera index, an existing file or a URL (scheme://...)")
     return os.path.abspath(text)
 
 
-def is_live_source(source: int | str) -> bool:
-    """True for cameras, devices and network streams (frames arrive in real time), False for files."""
+def is_live_source(source: int | str, cap: cv2.VideoCapture | None = None) -> bool:
+    """True for cameras, devices and network streams (frames arrive in real time), False for files.
+
+    A URL is a stream unless it is a ``file://`` one or, given its opened ``cap``, its container
+    declares a frame count: a video file served over HTTP is read in order, every frame, as a file."""
     if isinstance(source, int):
         return True
     if "://" in source:
-        return not source.startswith("file://")
+        return not source.startswith("file://") and (cap is None or declared_frames(cap) == 0)
     return not os.path.isfile(source)
 
 
@@ -190,25 +195,32 @@ class LatestFrame:
 
 
 class _FileReader:
-    """Frames of a file in order; frames for which ``wanted(index)`` is False are skipped undecoded."""
+    """Frames of a file in order, each at its own presentation time (``transforms.video.frame_time``:
+    right for a variable frame rate); frames for which ``wanted(index)`` is False are skipped
+    undecoded. ``problem`` says why a stream ended far short of its declared length (a damaged file)."""
 
     def __init__(self, cap: cv2.VideoCapture, fps: float, max_frames: int, wanted):
         self._cap, self._fps, self._max_frames, self._wanted = cap, fps, max_frames, wanted
+        self._declared = declared_frames(cap)
         self.frames_read = 0
+        self.problem: str | None = None
 
     def __iter__(self) -> Iterator[SourceFrame]:
+        reached_s = None
         while not self._max_frames or self.frames_read < self._max_frames:
             index = self.frames_read
             if not self._cap.grab():
+                self.problem = truncation(index, self._declared, self._fps, reached_s)
                 return
             self.frames_read += 1
+            reached_s = frame_time(self._cap, index, self._fps)
             if not self._wanted(index):
                 continue
             ok, bgr = self._cap.retrieve()
             if not ok or bgr is None:
                 LOG.warning("frame %s does not decode; skipped", index)
                 continue
-            yield SourceFrame(index, index / self._fps, bgr)
+            yield SourceFrame(index, reached_s, bgr)
 
     def close(self) -> None:
         pass
@@ -223,6 +235,7 @@ class _LiveReader:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, name="facebeam-live-reader", daemon=True)
         self.frames_read = 0
+        self.problem: str | None = None  # a live source has no declared length to fall short of
         self._thread.start()
 
     def _read(self) -> None:
@@ -269,7 +282,8 @@ class LiveAnalyzer:
         self._detect = DetectOptions(options.detector, options.min_face_size, options.min_confidence,
                                      options.max_side)
         self._uri = uri
-        self._tracker = Tracker(options.min_iou, options.max_missed)
+        # Linked by overlap, then by nearness as ``analyze`` links sampled frames (--every, dropped frames).
+        self._tracker = Tracker(options.min_iou, options.max_missed, MAX_SHIFT)
         n = len(EMOTIONS)
         # One smoothed vector per face: n emotion probabilities, age, P(female).
         self._smoother = Smoother([options.emotion_half_life_s] * n + [options.age_half_life_s] * 2)
@@ -434,22 +448,30 @@ class FaceLog:
 
 # ---- the loop ----------------------------------------------------------------------------------
 
-def _check(options: LiveOptions, live: bool) -> None:
-    if options.detector not in DETECTORS:
-        raise ValueError(f"unknown detector {options.detector!r}; choose one of {DETECTORS}")
+def _check(options: LiveOptions, source: int | str | None = None) -> None:
+    """Refuses settings that would fail or quietly find nothing, and outputs that would overwrite
+    the ``source`` (a ``parse_source`` result)."""
+    check_detect_options(DetectOptions(options.detector, options.min_face_size, options.min_confidence,
+                                       options.max_side), max_side_flag="--max_side")
     if options.every < 1:
         raise ValueError(f"--every must be >= 1, got {options.every}")
-    if options.every > 1 and live:
-        raise ValueError("--every applies to video files; live sources drop frames by themselves when behind")
-    if options.max_frames < 0 or options.max_side < 0:
-        raise ValueError("--max_frames and --max_side must be >= 0 (0: no limit)")
-    if options.min_face_size <= 0:
-        raise ValueError(f"--min_face_size must be > 0 pixels, got {options.min_face_size}")
+    if options.max_frames < 0:
+        raise ValueError("--max_frames must be >= 0 (0: no limit)")
+    if source is not None and not (isinstance(source, str) and "://" in source):  # a URL is judged once open
+        _check_every(options, is_live_source(source))
     if options.record and not options.record.lower().endswith((".mp4", ".m4v", ".mov")):
         raise ValueError(f"--record {options.record!r}: give an .mp4 path (the video is written with mp4v)")
     for flag, path in (("--log", options.log), ("--record", options.record)):
         if path and os.path.isdir(path):
             raise ValueError(f"{flag} {path!r} is a directory; give the path of the file to write")
+        if path and isinstance(source, str) and os.path.exists(path) and os.path.exists(source) \
+                and os.path.samefile(path, source):
+            raise ValueError(f"{flag} {path!r} is the source itself; writing it would destroy the video")
+
+
+def _check_every(options: LiveOptions, live: bool) -> None:
+    if options.every > 1 and live:
+        raise ValueError("--every applies to video files; live sources drop frames by themselves when behind")
 
 
 def _default_run_id() -> str:
@@ -464,16 +486,18 @@ def run_live(source: int | str, options: LiveOptions = LiveOptions(), handler=No
     ``handler``/``models`` default to the shipped models (loaded here); pass already loaded ones to
     reuse them. ``detector`` defaults to ``make_detector(options.detector)``. ``live`` (default: from
     the source) chooses between reading on a thread that drops stale frames and reading in order.
-    The recording has one frame per source frame up to the last analysed one: frames in between
-    show the latest labels (files) or repeat the last analysed frame (live sources, whose skipped
-    frames are never decoded), so it keeps the source's timing.
+    The recording has one frame per source frame up to the last analysed one, at the source's
+    (average) frame rate: frames in between show the latest labels (files) or repeat the last
+    analysed frame (live sources, whose skipped frames are never decoded). Logged times are the
+    frames' own: presentation times for files, seconds since the first frame for live sources.
     """
-    live = is_live_source(source) if live is None else live
-    _check(options, live)
+    _check(options, source)
     uri = source_uri(source)
     # The source opens first, so that a wrong --source fails before the models load.
     cap = _open_capture(source)
     try:
+        live = is_live_source(source, cap) if live is None else live
+        _check_every(options, live)
         if handler is None:
             handler = FaceModelHandler(*default_specs())
         if models is None:
@@ -535,7 +559,8 @@ def run_live(source: int | str, options: LiveOptions = LiveOptions(), handler=No
             log.close()
     if reader.frames_read == 0:
         raise ValueError(f"no frame could be read from {uri!r}")
-    return LiveStats(reader.frames_read, processed, faces_total, seconds, analyzer.detect_s, analyzer.infer_s)
+    return LiveStats(reader.frames_read, processed, faces_total, seconds, analyzer.detect_s, analyzer.infer_s,
+                     reader.problem)
 
 
 # ---- command line ------------------------------------------------------------------------------
@@ -600,13 +625,14 @@ def format_stats(stats: LiveStats) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs live mode and prints a summary; exit status 0 on success, 2 for bad arguments or sources."""
+    """Runs live mode and prints a summary; exit status 0 on success, 1 when a video file ended far
+    short of its declared length (what was read is recorded and logged), 2 for bad arguments or sources."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         source = parse_source(args.source)
         options = options_from_args(args)
-        _check(options, is_live_source(source))
+        _check(options, source)
         handler = FaceModelHandler(resolve(args.emotion_model, "emotion"),
                                    resolve(args.age_gender_model, "age-gender"), runtime=args.model_runtime,
                                    tta=args.tta)
@@ -618,6 +644,10 @@ def main(argv: list[str] | None = None) -> int:
     for label, path in (("video", args.record), ("log", args.log)):
         if path:
             print(f"{label}: {os.path.abspath(path)}")
+    if stats.problem:
+        print(f"facebeam live: the source is damaged: {stats.problem}; the frames before it were analysed",
+              file=sys.stderr)
+        return 1
     return 0
 
 

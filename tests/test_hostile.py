@@ -551,6 +551,8 @@ def test_a_summary_that_cannot_be_read_back_does_not_fail_a_finished_run(tmp_pat
     (["--video_chunk_seconds", "-1"], "--video_chunk_seconds -1.0 is below 0"),
     (["--min_batch_size", "8", "--max_batch_size", "4"], "--max_batch_size 4 is below 8"),
     (["--min_confidence", "1.5"], "above 1"),
+    (["--min_face_size", "nan"], "--min_face_size nan is not a finite number"),
+    (["--video_fps", "inf"], "--video_fps inf is not a finite number"),
     (["--emotion_model", "no_such_model"], "no_such_model"),
     (["--dry_run=True"], "--dry_run builds a Dataflow job graph"),
 ])

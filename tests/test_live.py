@@ -15,6 +15,7 @@ from models.handler import FaceAttributes, FaceModelHandler
 from pipelines import cli, live
 from tests.conftest import EXAMPLES, write_video
 from tests.fakes import SPECS, FakeHandler, fake_detector_factory
+from transforms import video
 from transforms.records import FaceCrop
 from transforms.sinks import FACES_SCHEMA
 
@@ -116,10 +117,31 @@ def test_draw_faces_outlines_the_box_and_leaves_the_rest():
     (["--source", str(CLIP), "--record", "out.avi"], ".mp4"),
     (["--source", str(CLIP), "--every", "0"], "--every must be >= 1"),
     (["--source", str(CLIP), "--log", str(CLIP.parent)], "is a directory"),
+    (["--source", str(CLIP), "--min_confidence", "2"], "--min_confidence 2.0 is above 1"),
+    (["--source", str(CLIP), "--min_face_size", "nan"], "--min_face_size nan is not a finite number"),
+    (["--source", str(CLIP), "--min_face_size", "inf"], "--min_face_size inf is not a finite number"),
+    (["--source", str(CLIP), "--max_side", "-1"], "--max_side -1 is below 0"),
 ])
 def test_main_reports_bad_arguments(argv, message, capsys):
     assert live.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--record", "--log"])
+def test_an_output_that_is_the_source_is_refused(tmp_path, capsys, flag):
+    source = write_video(tmp_path / "clip.mp4", frames=5, fps=10.0)
+    before = source.read_bytes()
+    assert live.main(["--source", str(source), "--no_display", flag, str(tmp_path / "." / "clip.mp4")]) == 2
+    assert "is the source itself" in capsys.readouterr().err
+    assert source.read_bytes() == before
+
+
+def test_a_file_name_is_taken_as_given(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in (" lead.mp4", "trail.mp4 "):
+        write_video(tmp_path / "v.mp4", frames=2, fps=10.0).rename(tmp_path / name)
+        assert live.parse_source(name) == str(tmp_path / name)
+    assert live.parse_source(" 1 ") == 1
 
 
 # ---- the loop with test doubles (no TensorFlow) ----------------------------------------------
@@ -185,6 +207,54 @@ def test_live_reading_drops_nothing_it_records(tmp_path):
     assert len(indices) == stats.frames_processed and indices[-1] == 11
 
 
+def test_a_face_that_moves_between_sampled_frames_keeps_its_track():
+    """With --every (or frames a live source dropped), a face can move out of its old box's overlap;
+    it is linked by nearness, as analyze links sampled frames."""
+    handler = FakeHandler()
+    analyzer = live.LiveAnalyzer(lambda rgb: [], handler, handler.load_model(), FAKE_OPTIONS, "u")
+    tracker_ids = [analyzer._tracker.update(np.array([[x, 10.0, x + 40, 50.0]]))[0] for x in (10.0, 35.0, 60.0)]
+    assert tracker_ids == [0, 0, 0]  # IoU 0.23 between steps: below min_iou 0.3, within 0.75 widths
+
+
+def test_a_damaged_file_is_read_up_to_the_damage_and_said_so(tmp_path, monkeypatch, capsys):
+    path = write_video(tmp_path / "clip.avi", 150, fps=25.0, fourcc="MJPG")
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * 0.4)])  # its header still declares 150 frames
+    handler = FakeHandler()
+    stats = live.run_live(str(path), FAKE_OPTIONS, handler=handler, models=handler.load_model(),
+                          detector=fake_detector_factory("mtcnn"))
+    assert 0 < stats.frames_read < 150 and "truncated video" in stats.problem
+    monkeypatch.setattr(live, "FaceModelHandler", lambda *a, **k: handler)
+    monkeypatch.setattr(live, "make_detector", fake_detector_factory)
+    assert live.main(["--source", str(path), "--no_display"]) == 1
+    assert "the source is damaged: truncated video" in capsys.readouterr().err
+
+
+def test_a_video_file_served_over_http_is_read_as_a_file(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    clip = write_video(tmp_path / "v.avi", frames=12, fps=10.0, brightness=lambda i: 125, fourcc="MJPG")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v.avi"
+        opts = FAKE_OPTIONS._replace(every=3, log=str(tmp_path / "faces.parquet"))
+        handler = FakeHandler()
+        stats = live.run_live(url, opts, handler=handler, models=handler.load_model(),
+                              detector=fake_detector_factory("mtcnn"))
+    finally:
+        server.shutdown()
+    # Every frame read in order and every third analysed, at the file's own times.
+    assert (stats.frames_read, stats.frames_processed) == (12, 4)
+    rows = pq.read_table(opts.log).to_pylist()
+    frames = sorted({(r["frame_index"], r["timestamp_s"]) for r in rows})
+    assert [i for i, _ in frames] == [0, 3, 6, 9]
+    assert [t for _, t in frames] == pytest.approx([0.0, 0.3, 0.6, 0.9])
+
+
 def test_unreadable_source_is_a_value_error(tmp_path):
     bad = tmp_path / "not-a-video.mp4"
     bad.write_text("hello")
@@ -245,8 +315,12 @@ def test_clip_log_has_the_faces_schema_and_increasing_timestamps(clip_run):
     stamps = [r["timestamp_s"] for r in rows]
     assert all(a < b for a, b in zip(stamps, stamps[1:]) if a != b) and stamps == sorted(stamps)
     assert len(set(stamps)) == len(set(frames)) > 1
+    # Each frame's own time, as analyze reads it (the GIF's frame delays vary).
+    info = video.probe_video(str(CLIP))
+    times = {i: t for i, t, _ in video.read_frames(str(CLIP), info.fps, 0, 8)}
+    assert len(set(round(b - a, 3) for a, b in zip(list(times.values()), list(times.values())[1:]))) > 1
     for r in rows:
-        assert r["timestamp_s"] == pytest.approx(r["frame_index"] / 12.5)
+        assert r["timestamp_s"] == pytest.approx(times[r["frame_index"]])
         assert r["source_uri"] == str(CLIP.resolve()) and r["source_type"] == "video" and r["run_id"] == "clip"
         assert 0 <= r["x1"] < r["x2"] <= 480 and 0 <= r["y1"] < r["y2"] <= 270
         assert len(r["landmarks"]) == 10 and r["detector"] == "mtcnn"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import logging
+import math
 from typing import Callable, NamedTuple
 
 import apache_beam as beam
@@ -15,7 +16,7 @@ from transforms import imaging, progress
 from transforms.common import DeadLettersToErrors, count, exception_message
 from transforms.records import ErrorRecord, FaceCrop, Frame
 
-__all__ = ["DetectOptions", "DetectFaces", "Detection", "DETECTORS", "make_detector"]
+__all__ = ["DetectOptions", "DetectFaces", "Detection", "DETECTORS", "check_detect_options", "make_detector"]
 
 LOG = logging.getLogger(__name__)
 
@@ -31,6 +32,21 @@ class DetectOptions(NamedTuple):
     min_face_size: float = 20.0
     min_confidence: float = 0.9
     max_side: int = 1920
+
+
+def check_detect_options(options: DetectOptions, max_side_flag: str = "--detect_max_side") -> None:
+    """Raises ValueError, naming the flag, for a setting that would fail or quietly find no face: an
+    unknown detector, a value that is not a finite number, a negative size, a score outside [0, 1]."""
+    if options.detector not in DETECTORS:
+        raise ValueError(f"unknown detector {options.detector!r}; choose one of {DETECTORS}")
+    for flag, value in (("--min_face_size", options.min_face_size), ("--min_confidence", options.min_confidence),
+                        (max_side_flag, options.max_side)):
+        if not math.isfinite(value):
+            raise ValueError(f"{flag} {value} is not a finite number")
+        if value < 0:
+            raise ValueError(f"{flag} {value} is below 0")
+    if options.min_confidence > 1:
+        raise ValueError(f"--min_confidence {options.min_confidence} is above 1 (MTCNN scores are 0 to 1)")
 
 
 class Detection(NamedTuple):

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["as_boxes", "iou_matrix", "match_boxes", "Track", "Tracker", "Smoother"]
+__all__ = ["as_boxes", "iou_matrix", "match_boxes", "Track", "Tracker", "Smoother", "MAX_SHIFT"]
 
 
 def as_boxes(boxes) -> np.ndarray:
@@ -79,6 +79,11 @@ class Track(NamedTuple):
     track_id: int
     box: np.ndarray
     missed: int
+
+
+# How far (in face widths) a face unmatched by overlap may move between two sampled frames and keep
+# its track: sampled frames of a video can be a second apart (``analyze``, ``live --every``).
+MAX_SHIFT = 0.75
 
 
 class Tracker:

@@ -17,7 +17,7 @@ from models.handler import FaceAttributes
 from models.labels import EMOTIONS, GENDERS
 from transforms.common import count
 from transforms.records import FaceCrop
-from transforms.tracking import Tracker
+from transforms.tracking import MAX_SHIFT, Tracker
 
 __all__ = ["TRACKS_SCHEMA", "link_tracks", "track_rows", "AssignTracks"]
 
@@ -42,7 +42,7 @@ TRACKS_SCHEMA = pa.schema([
 
 
 def link_tracks(faces: Iterable[tuple[FaceCrop, FaceAttributes]], min_iou: float = 0.3,
-                max_missed: int = 5, max_shift: float = 0.75,
+                max_missed: int = 5, max_shift: float = MAX_SHIFT,
                 rate: float = 0.0) -> list[tuple[FaceCrop, FaceAttributes]]:
     """The faces of one video with ``track_id`` set, in (frame_index, face_index) order.
 

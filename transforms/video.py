@@ -17,8 +17,8 @@ import numpy as np
 
 from transforms.imaging import describe_content
 
-__all__ = ["VideoError", "VideoInfo", "probe_video", "video_problem", "sample_slot", "is_sampled", "split_ranges",
-           "truncation", "read_frames"]
+__all__ = ["VideoError", "VideoInfo", "probe_video", "declared_frames", "frame_time", "video_problem", "sample_slot",
+           "is_sampled", "split_ranges", "truncation", "read_frames"]
 
 # Frame rate assumed when a container reports none (OpenCV gives 0 or NaN for some streams).
 DEFAULT_FPS = 25.0
@@ -92,14 +92,19 @@ def _open(path: str) -> cv2.VideoCapture:
     return cap
 
 
+def declared_frames(cap: cv2.VideoCapture) -> int:
+    """The frame count an opened capture's container declares; 0 where it does not say (streams)."""
+    count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+    return int(count) if count and math.isfinite(count) and count > 0 else 0
+
+
 def probe_video(path: str) -> VideoInfo:
     """Frame rate, frame count and size; raises VideoError if no frame decodes."""
     cap = _open(path)
     try:
         fps = cap.get(cv2.CAP_PROP_FPS)
         fps = fps if fps and math.isfinite(fps) and 0 < fps < 1000 else DEFAULT_FPS
-        count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
-        count = int(count) if count and math.isfinite(count) and count > 0 else 0
+        count = declared_frames(cap)
         ok, frame = cap.read()
         if not ok or frame is None:
             problem = video_problem(path)
@@ -179,7 +184,7 @@ def read_frames(path: str, fps: float, rate: float, max_frames: int, start: int 
                 if problem:
                     raise VideoError(problem)
                 return
-            reached_s = _timestamp(cap, index, fps)
+            reached_s = frame_time(cap, index, fps)
             if wanted:
                 ok, bgr = cap.retrieve()
                 if not ok or bgr is None:
@@ -190,8 +195,9 @@ def read_frames(path: str, fps: float, rate: float, max_frames: int, start: int 
         cap.release()
 
 
-def _timestamp(cap: cv2.VideoCapture, index: int, fps: float) -> float:
-    """Seconds from the start of the stream to the frame just grabbed."""
+def frame_time(cap: cv2.VideoCapture, index: int, fps: float) -> float:
+    """Seconds from the start of the stream to frame ``index``, just grabbed: its presentation time,
+    or ``index / fps`` where the stream has none."""
     ms = cap.get(cv2.CAP_PROP_POS_MSEC)
     if index > 0 and not (ms and math.isfinite(ms) and ms > 0):  # no presentation time in the stream
         return index / fps
