@@ -124,7 +124,7 @@ class AnalyzeOptions(PipelineOptions):
         g.add_argument("--quiet", action=_Switch,
                        help="no progress bar, no summary; errors only (see the sources table)")
         g.add_argument("--annotate", action=_Switch,
-                       help="write copies of the inputs with boxes and labels drawn into OUTPUT/annotated/")
+                       help="write copies of the inputs with faces, boxes and labels drawn, into OUTPUT/annotated/")
 
 
 def build_argv(argv: list[str]) -> list[str]:

@@ -189,3 +189,32 @@ def test_detection_one_frame_ahead_keeps_each_frame_its_faces_and_errors():
         assert_that(errors | beam.Map(lambda e: (e.source_uri, e.stage, e.error)),
                     equal_to([(f"mem://{i}.png", "detect", "RuntimeError: detector exploded")
                               for i, n in enumerate(wanted) if n == 5]), label="errors")
+
+
+def _face_on(uri: str, source_type: str, frame_index: int | None, box, size) -> tuple:
+    from models.handler import FaceAttributes
+    from transforms.records import FaceCrop
+
+    crop = FaceCrop(uri, source_type, frame_index, None, 0, box, size[0], size[1], "haar", None, None, None)
+    return crop, FaceAttributes(np.eye(7, dtype=np.float32)[3], 30.0, 0.2)
+
+
+def test_annotated_copies_of_wide_videos_and_long_names(tmp_path):
+    """A clip too wide for the mp4v encoder is written scaled down, not as an empty file; a name too long
+    for the file system is cut."""
+    import cv2
+
+    from transforms.annotate import MAX_VIDEO_SIDE, _AnnotateFn, annotated_name
+
+    wide = write_video(tmp_path / "wide.avi", 3, fps=1.0, size=(8640, 64), brightness=lambda i: 90, fourcc="MJPG")
+    long_name = tmp_path / ("é" * 124 + ".png")  # 248 bytes of stem: 261 with the hash and .jpg
+    write_image(long_name, gradient_image(64, 64))
+    out = tmp_path / "annotated"
+    out.mkdir()
+    fn = _AnnotateFn(str(out), ReadOptions(video_fps=0))
+    fn.process((str(wide), [_face_on(str(wide), "video", i, (100.0, 10.0, 140.0, 50.0), (8640, 64)) for i in range(3)]))
+    fn.process((str(long_name), [_face_on(str(long_name), "image", None, (10.0, 10.0, 40.0, 40.0), (64, 64))]))
+    clip = cv2.VideoCapture(str(out / annotated_name(str(wide), ".mp4")))
+    assert clip.get(cv2.CAP_PROP_FRAME_WIDTH) == MAX_VIDEO_SIDE and clip.get(cv2.CAP_PROP_FRAME_COUNT) == 3
+    name = annotated_name(str(long_name), ".jpg")
+    assert len(name.encode()) <= 255 and name.startswith("é" * 100) and (out / name).stat().st_size > 0

@@ -1,7 +1,8 @@
 """Annotate: copies of the inputs with each face's box, emotion, age group and gender drawn on.
 
 Images become ``OUTPUT/annotated/<name>-<hash>.jpg``; videos a short clip of their sampled frames,
-``OUTPUT/annotated/<name>-<hash>.mp4``, at the sampling rate. The hash of the source URI keeps
+``OUTPUT/annotated/<name>-<hash>.mp4``, at the sampling rate (frames over ``MAX_VIDEO_SIDE`` pixels
+scaled down). Only sources with faces get a copy: the sources table says which had none. The hash of the source URI keeps
 files of the same name from different folders apart. Sources are decoded again here, so this
 costs a second read of every source with faces; it is off unless asked for.
 """
@@ -27,10 +28,18 @@ __all__ = ["Annotate", "annotated_name"]
 LOG = logging.getLogger(__name__)
 
 
+# Longest stem kept in an annotated copy's name, in UTF-8 bytes: file systems allow 255 bytes a name.
+MAX_STEM_BYTES = 200
+# Longest side of an annotated clip's frames: MPEG-4 (mp4v) encoders refuse frames of 8192 pixels and more.
+MAX_VIDEO_SIDE = 4096
+
+
 def annotated_name(source_uri: str, extension: str) -> str:
-    """File name of a source's annotated copy: its stem, a short hash of its URI, ``extension``."""
+    """File name of a source's annotated copy: its stem (cut to ``MAX_STEM_BYTES``), a short hash of
+    its URI, ``extension``."""
     stem = os.path.splitext(os.path.basename(source_uri))[0] or "source"
-    digest = hashlib.sha256(source_uri.encode()).hexdigest()[:8]
+    stem = stem.encode("utf-8", "surrogateescape")[:MAX_STEM_BYTES].decode("utf-8", "ignore")
+    digest = hashlib.sha256(source_uri.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{stem}-{digest}{extension}"
 
 
@@ -80,11 +89,16 @@ class _AnnotateFn(beam.DoFn):
             with local_copy(uri) as path:
                 info = video.probe_video(path)
                 out_fps = rate if 0 < rate < info.fps else info.fps
+                # Drawn at full size; frames too big for the encoder are written scaled down.
+                scale = min(1.0, MAX_VIDEO_SIDE / max(info.width, info.height))
                 for index, _, rgb in video.read_frames(path, info.fps, rate, self._options.max_frames_per_video):
+                    bgr = imaging.resize_by(_draw(rgb, by_frame.get(index, [])), scale)
                     if writer is None:
                         writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), out_fps,
-                                                 (rgb.shape[1], rgb.shape[0]))
-                    writer.write(_draw(rgb, by_frame.get(index, [])))
+                                                 (bgr.shape[1], bgr.shape[0]))
+                        if not writer.isOpened():
+                            raise OSError(f"OpenCV cannot write a {bgr.shape[1]}x{bgr.shape[0]} mp4v video")
+                    writer.write(bgr)
             if writer is not None:
                 writer.release()
                 writer = None
