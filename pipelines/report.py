@@ -2,24 +2,25 @@
 
 Every number is computed with DuckDB SQL over the views of ``pipelines.sql.connect``, so the
 report agrees with ``facebeam sql`` over the same Parquet files (except that a NaN score, age or
-probability counts as missing, as SQL's NULL does: it is left out of means, ranges and rankings). Plots are PNGs drawn on
-matplotlib's Agg canvas and embedded as base64, face pictures are embedded JPEGs
-(``pipelines.thumbnails``): the file opens offline and needs no JavaScript.
+probability counts as missing, as SQL's NULL does: it is left out of means, ranges and rankings).
+Plots are PNGs drawn on matplotlib's Agg canvas and embedded as base64, face pictures are embedded
+JPEGs (``pipelines.thumbnails``): the file opens offline and needs no JavaScript.
 
 Sections, by their stable ``id``: ``totals`` (inputs by status and type, frames, faces, and each
-run's inputs, models and faces),
-``emotions`` (overall), ``groups`` (emotions per group: the parent folder of ``source_uri``, or
-the first capture group of ``--group_regex``), ``age-gender``, ``timelines`` (mean emotion
-probabilities over time for each video, per track when faces carry ``track_id``), ``gallery``
-(the most confident faces per emotion), ``confidence`` (detection-confidence histogram) and
-``errors``.
+run's inputs, models and faces), ``emotions`` (overall), ``groups`` (emotions per group: the
+parent folder of ``source_uri``, or the first capture group of ``--group_regex``), ``age-gender``,
+``timelines`` (mean emotion probabilities over time for each video, per track when faces carry
+``track_id``), ``gallery`` (the most confident faces per emotion), ``confidence``
+(detection-confidence histogram) and ``errors``.
 
 Key numbers are machine-readable: the element holding each has a ``data-metric`` attribute and
-holds the plain integer. Names: the totals ``inputs``, ``ok``, ``no_face``, ``error``, ``skipped``, ``images``,
-``videos``, ``frames``, ``faces`` (and ``tracks`` when faces carry ``track_id``);
-``emotion:<emotion>`` (faces whose top emotion it is); ``group:<group>:inputs``,
-``group:<group>:faces`` and ``group:<group>:<emotion>``; ``gender:<gender>``;
-``video:<source_uri>:faces``; ``confidence:faces`` and ``confidence:missing``; ``errors``.
+holds the plain integer. Names: the totals ``inputs``, ``ok``, ``no_face``, ``error``, ``skipped``,
+``images``, ``videos``, ``frames``, ``faces`` (and ``tracks`` when faces carry ``track_id``: track ids
+are counted per video and run); ``emotion:<emotion>`` (faces whose top emotion it is);
+``group:<group>:inputs``, ``group:<group>:faces`` and ``group:<group>:<emotion>``; ``gender:<gender>``;
+``video:<source_uri>:faces`` (``video:<source_uri>@<run_id>:faces`` for a video with faces from
+several runs, e.g. live sessions logged into one folder: one timeline each); ``confidence:faces``
+and ``confidence:missing``; ``errors``.
 """
 
 from __future__ import annotations
@@ -89,13 +90,16 @@ class ReportOptions:
 
 @dataclass(frozen=True)
 class Timeline:
-    """Mean emotion probabilities of one video over time.
+    """Mean emotion probabilities of one video over time, in one run.
 
     ``series`` holds ``(label, times_s, {emotion: means})``: one entry for the whole video, or one
-    per track (the ``max_tracks`` with most faces) when its faces carry ``track_id``.
+    per track (the ``max_tracks`` with most faces) when its faces carry ``track_id``. ``run_id`` is
+    set when several runs hold faces of the video (live sessions logged into one folder, each with
+    its own clock and track ids), None when one does.
     """
 
     source_uri: str
+    run_id: str | None
     faces: int
     frames: int
     tracks: int
@@ -206,38 +210,38 @@ def _totals(con, has_tracks: bool) -> dict[str, int]:
     totals = dict(zip(("inputs", "ok", "no_face", "error", "skipped", "images", "videos", "frames"), map(int, row)))
     totals["faces"] = int(_scalar(con, "SELECT count(*) FROM faces"))
     if has_tracks:
-        totals["tracks"] = int(_scalar(
-            con, "SELECT count(DISTINCT (source_uri, track_id)) FROM faces WHERE track_id IS NOT NULL"))
+        totals["tracks"] = int(_scalar(  # track ids are numbered per video and run
+            con, "SELECT count(DISTINCT (run_id, source_uri, track_id)) FROM faces WHERE track_id IS NOT NULL"))
     return totals
 
 
-def _timeline(con, uri: str, emotions: tuple[str, ...], has_tracks: bool, max_tracks: int) -> Timeline:
+def _timeline(con, uri: str, run_id: str, shown_run: bool, emotions: tuple[str, ...], has_tracks: bool,
+              max_tracks: int) -> Timeline:
     means = ", ".join(f"avg({_ident('p_' + e)})" for e in emotions)
-    faces, frames = con.execute(
-        "SELECT count(*), count(DISTINCT timestamp_s) FROM faces WHERE source_uri = ? AND timestamp_s IS NOT NULL",
-        [uri]).fetchall()[0]
+    where = "source_uri = $uri AND run_id = $run AND timestamp_s IS NOT NULL"
+    key = {"uri": uri, "run": run_id}
+    faces, frames = con.execute(f"SELECT count(*), count(DISTINCT timestamp_s) FROM faces WHERE {where}",
+                                key).fetchall()[0]
     tracks = untracked = 0
     rows = []
     if has_tracks:
         tracks, untracked = con.execute(
-            "SELECT count(DISTINCT track_id), count(*) FILTER (track_id IS NULL) FROM faces "
-            "WHERE source_uri = ? AND timestamp_s IS NOT NULL", [uri]).fetchall()[0]
+            f"SELECT count(DISTINCT track_id), count(*) FILTER (track_id IS NULL) FROM faces WHERE {where}",
+            key).fetchall()[0]
     if tracks:
         rows = con.execute(f"""
             WITH top AS (
                 SELECT track_id, count(*) AS n FROM faces
-                WHERE source_uri = $uri AND timestamp_s IS NOT NULL AND track_id IS NOT NULL
+                WHERE {where} AND track_id IS NOT NULL
                 GROUP BY track_id ORDER BY n DESC, track_id LIMIT $k)
             SELECT 'track ' || f.track_id, f.timestamp_s, {means}
-            FROM faces f JOIN top USING (track_id)
-            WHERE f.source_uri = $uri AND f.timestamp_s IS NOT NULL
+            FROM (SELECT * FROM faces WHERE {where}) f JOIN top USING (track_id)
             GROUP BY f.track_id, top.n, f.timestamp_s ORDER BY top.n DESC, f.track_id, f.timestamp_s""",
-                           {"uri": uri, "k": max_tracks}).fetchall()
+                           {**key, "k": max_tracks}).fetchall()
     else:
         rows = con.execute(f"""
             SELECT 'all faces', timestamp_s, {means} FROM faces
-            WHERE source_uri = ? AND timestamp_s IS NOT NULL GROUP BY timestamp_s ORDER BY timestamp_s""",
-                           [uri]).fetchall()
+            WHERE {where} GROUP BY timestamp_s ORDER BY timestamp_s""", key).fetchall()
     series: list[tuple[str, list[float], dict[str, list[float]]]] = []
     for label, t, *probs in rows:
         if not series or series[-1][0] != label:
@@ -245,7 +249,8 @@ def _timeline(con, uri: str, emotions: tuple[str, ...], has_tracks: bool, max_tr
         series[-1][1].append(float(t))
         for e, p in zip(emotions, probs):
             series[-1][2][e].append(math.nan if p is None else float(p))  # a gap in the line
-    return Timeline(uri, int(faces), int(frames), int(tracks), int(untracked), series)
+    return Timeline(uri, run_id if shown_run else None, int(faces), int(frames), int(tracks), int(untracked),
+                    series)
 
 
 def _gallery(con, k: int, has_crops: bool) -> list[GalleryFace]:
@@ -362,10 +367,11 @@ def collect(con: duckdb.DuckDBPyConnection, output_dir: str, options: ReportOpti
         "SELECT avg(age), median(age), min(age), max(age) FROM faces").fetchall()[0]
 
     videos = con.execute("""
-        SELECT source_uri FROM faces WHERE source_type = 'video' AND timestamp_s IS NOT NULL
-        GROUP BY source_uri ORDER BY count(*) DESC, source_uri""").fetchall()
-    timelines = [_timeline(con, uri, tuple(mean_cols), has_tracks, options.max_tracks)
-                 for (uri,) in videos[:options.max_videos]]
+        SELECT source_uri, run_id, count(*) OVER (PARTITION BY source_uri) FROM faces
+        WHERE source_type = 'video' AND timestamp_s IS NOT NULL
+        GROUP BY source_uri, run_id ORDER BY count(*) DESC, source_uri, run_id""").fetchall()
+    timelines = [_timeline(con, uri, run, runs > 1, tuple(mean_cols), has_tracks, options.max_tracks)
+                 for uri, run, runs in videos[:options.max_videos]]
 
     gallery = _gallery(con, options.gallery_size, "crop_jpeg" in face_columns)
     confidence_bins, confidence_missing = _confidence(con, options.histogram_bins)
@@ -611,9 +617,10 @@ def _timelines_html(d: ReportData, charts: dict[str, str]) -> str:
                 detail += f" (the {len(t.series)} longest drawn)"
             if t.untracked:
                 detail += f", {t.untracked} faces without a track"
-        metric = _e(f"video:{t.source_uri}:faces")
-        parts.append(f'<h3>{_e(t.source_uri)}</h3><p><span data-metric="{metric}">{t.faces}</span> faces, '
-                     f"{_e(detail)}.</p>" + _img(charts[f"timeline:{i}"], f"timeline of {t.source_uri}"))
+        name = t.source_uri if t.run_id is None else f"{t.source_uri}@{t.run_id}"
+        heading = _e(t.source_uri) + ("" if t.run_id is None else f" <small>run {_e(t.run_id)}</small>")
+        parts.append(f'<h3>{heading}</h3><p><span data-metric="{_e(f"video:{name}:faces")}">{t.faces}</span> faces, '
+                     f"{_e(detail)}.</p>" + _img(charts[f"timeline:{i}"], f"timeline of {name}"))
     return "".join(parts)
 
 

@@ -311,7 +311,8 @@ def test_dollar_signs_in_names_and_a_nan_score_do_not_break_the_report(tmp_path)
 
 
 def test_nan_values_count_as_missing_in_every_figure(tmp_path):
-    faces = [face("/d/a.jpg", "happy", 0.9, age=20), face("/d/b.jpg", "happy", 0.8, age=40, detection_confidence=float("nan")),
+    faces = [face("/d/a.jpg", "happy", 0.9, age=20),
+             face("/d/b.jpg", "happy", 0.8, age=40, detection_confidence=float("nan")),
              face("/d/c.jpg", "happy", 0.7, age=float("nan"))]
     faces[1]["emotion_confidence"] = float("nan")  # not the most confident face: one without a score
     out = write_output(tmp_path / "out", faces, [source(f["source_uri"], "image", 1) for f in faces])
@@ -339,7 +340,27 @@ def test_every_run_and_status_is_in_the_totals(tmp_path):
     rerun.append(dict(source("/d/c.jpg", "image", 0, errors=(("decode", "truncated"),)), run_id="run-2"))
     out = write_output(tmp_path / "out", faces, [source("/d/a.jpg", "image", 2)] + rerun)
     data = report.collect(sql.connect(str(out)), str(out), report.ReportOptions())
-    assert data.runs == [("run-2", 3, None, None, 0), ("run-test", 1, "emotion_test@000000", "age_gender_test@000000", 2)]
+    assert data.runs == [("run-2", 3, None, None, 0),
+                         ("run-test", 1, "emotion_test@000000", "age_gender_test@000000", 2)]
     assert data.by_type == [("image", 4, 1, 0, 1, 2, 4, 2)]
     _, inputs, ok, no_face, error, skipped, *_ = data.by_type[0]
     assert ok + no_face + error + skipped == inputs
+
+
+def test_live_sessions_logged_into_one_folder_keep_their_tracks_apart(tmp_path):
+    """Each live session numbers its tracks from 0 and times from its own start: counted and drawn per run."""
+    rows, tracks = [], []
+    for run, ids in (("live-a", (0, 1, 2)), ("live-b", (0, 1))):
+        for frame in range(3):
+            for face_index, track in enumerate(ids):
+                row = face("camera:0", "happy", 0.8, source_type="video", frame_index=frame, timestamp_s=frame / 10,
+                           face_index=face_index)
+                rows.append(dict(row, run_id=run))
+                tracks.append(track)
+    out = write_output(tmp_path / "live", faces_table(rows, track_id=tracks), None)
+    data = report.collect(sql.connect(str(out)), str(out), report.ReportOptions())
+    assert data.totals["tracks"] == 5
+    assert [(t.run_id, t.faces, t.frames, t.tracks) for t in data.timelines] == [("live-a", 9, 3, 3),
+                                                                                 ("live-b", 6, 3, 2)]
+    _, page = _render(out, tmp_path)
+    assert page.metric("video:camera:0@live-a:faces") == 9 and page.metric("video:camera:0@live-b:faces") == 6

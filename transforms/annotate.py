@@ -2,9 +2,9 @@
 
 Images become ``OUTPUT/annotated/<name>-<hash>.jpg``; videos a short clip of their sampled frames,
 ``OUTPUT/annotated/<name>-<hash>.mp4``, at the sampling rate (frames over ``MAX_VIDEO_SIDE`` pixels
-scaled down). Only sources with faces get a copy: the sources table says which had none. The hash of the source URI keeps
-files of the same name from different folders apart. Sources are decoded again here, so this
-costs a second read of every source with faces; it is off unless asked for.
+scaled down). Only sources with faces get a copy: the sources table says which had none. The hash
+of the source URI keeps files of the same name from different folders apart. Sources are decoded
+again here, so this costs a second read of every source with faces; it is off unless asked for.
 """
 
 from __future__ import annotations
