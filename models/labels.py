@@ -26,10 +26,11 @@ AGE_GROUPS: tuple[str, ...] = (
 
 
 def age_groups(ages: np.ndarray) -> np.ndarray:
-    """Index into AGE_GROUPS for each age in years (float array of any shape)."""
-    return np.searchsorted(_AGE_GROUP_EDGES, np.asarray(ages, dtype=np.float64), side="right") - 1
+    """Index into AGE_GROUPS for each age in years (float array of any shape); negative ages (a
+    regression head can give them) count as 0."""
+    return np.maximum(np.searchsorted(_AGE_GROUP_EDGES, np.asarray(ages, dtype=np.float64), side="right") - 1, 0)
 
 
 def age_group(age: float) -> str:
     """The AGE_GROUPS label for one age in years; negative ages count as 0."""
-    return AGE_GROUPS[max(int(age_groups(np.array([age]))[0]), 0)]
+    return AGE_GROUPS[int(age_groups(np.array([age]))[0])]

@@ -34,6 +34,16 @@ def test_age_group(age, group):
 
 def test_age_groups_vectorised():
     assert list(age_groups(np.array([1, 5, 15, 95]))) == [0, 1, 2, len(AGE_GROUPS) - 1]
+    # a regression head can predict below 0: that is the youngest group (not index -1, the oldest)
+    assert list(age_groups(np.array([-0.5, -30.0]))) == [0, 0]
+
+
+def test_age_group_accuracy_counts_a_negative_prediction_in_the_youngest_group():
+    from models.metrics import age_gender_report
+
+    report = age_gender_report(np.array([1.0, 2.0, 75.0]), np.array([0, 1, 0]), np.array([-0.7, 1.0, 80.0]),
+                               np.array([0.1, 0.9, 0.2]))
+    assert report["age_group_accuracy"] == 1.0 and report["by_age_group"]["0-2"]["age_group_accuracy"] == 1.0
 
 
 def test_face_row_has_every_column_and_fits_schema():
