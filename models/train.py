@@ -223,11 +223,12 @@ def write_sidecar(target: Path, record: dict) -> Path:
 
 def emotion_predict(model, images: np.ndarray, tta: bool | str, batch_size: int = 256) -> np.ndarray:
     """Softmax (N, C) for uint8 (N, 48, 48) faces; with ``tta`` (``models.tta``: True or "flip", or
-    "multi"), averaged over the views."""
+    "multi"), averaged over the views. The views are made of float32 pixels, as the pipeline's model
+    handler makes them (zooming uint8 faces would round the interpolated pixels)."""
     from models.tta import views
 
-    return np.mean([model.predict(v[..., None].astype(np.float32), batch_size=batch_size, verbose=0)
-                    for v in views(images, tta)], axis=0)
+    return np.mean([model.predict(v[..., None], batch_size=batch_size, verbose=0)
+                    for v in views(np.asarray(images, np.float32), tta)], axis=0)
 
 
 def warm_start(base, init: str | None, task: str) -> dict | None:
@@ -292,7 +293,8 @@ def emotion_record(model, test: fdata.EmotionTargets, classes: tuple[str, ...], 
     from models.tta import means_by_mode, views
 
     if tta:
-        probs = means_by_mode([emotion_predict(model, v, tta=False) for v in views(test.images, "multi")])
+        probs = means_by_mode([emotion_predict(model, v, tta=False)
+                               for v in views(np.asarray(test.images, np.float32), "multi")])
     else:
         probs = {"none": emotion_predict(model, test.images, tta=False)}
     by_mode = {mode: calibration_record(p, test.labels, test.filenames, "PublicTest") for mode, p in probs.items()}
@@ -421,18 +423,27 @@ def train_seconds(history: list[dict]) -> float | None:
 
 def age_gender_predict(model, images: np.ndarray, tta: bool | str = False, batch_size: int = 256):
     """(age years (N,), P(female) (N,)) for uint8 RGB (N, S, S, 3) faces; with ``tta``, averaged over
-    the views (``models.tta``)."""
+    the views (``models.tta``), made of float32 pixels as in ``emotion_predict``."""
     from models.tta import views
 
-    outs = [model.predict(v.astype(np.float32), batch_size=batch_size, verbose=0) for v in views(images, tta)]
+    outs = [model.predict(v, batch_size=batch_size, verbose=0) for v in views(np.asarray(images, np.float32), tta)]
     return (np.mean([o["age"][:, 0] for o in outs], axis=0), np.mean([o["gender"][:, 0] for o in outs], axis=0))
+
+
+def age_gender_record(model, val: fdata.UtkData) -> dict:
+    """Validation figures of an age/gender model on the faces ``val``: plain, with flip and multi TTA."""
+    from models.tta import means_by_mode, views
+
+    per_view = [age_gender_predict(model, v) for v in views(np.asarray(val.images, np.float32), "multi")]
+    age, p_female = (means_by_mode([p[k] for p in per_view]) for k in (0, 1))
+    return {key: age_gender_report(val.age, val.gender, age[mode], p_female[mode], val.race)
+            for key, mode in (("validation", "none"), ("validation_tta", "flip"), ("validation_tta_multi", "multi"))}
 
 
 def train_age_gender(args: argparse.Namespace) -> dict:
     import keras
 
     from models.networks import age_gender_net
-    from models.tta import means_by_mode, views
 
     keras.utils.set_random_seed(args.seed)
     utk = fdata.load_utkface(Path(args.data_dir) / "utkface" / "utkface_train.npz", size=args.size)
@@ -466,15 +477,12 @@ def train_age_gender(args: argparse.Namespace) -> dict:
                                   keep=base if model is not base else None, command=args.command)
     model = keras.models.load_model(best, compile=False)
     history = read_history(Path(args.workdir))
-    per_view = [age_gender_predict(model, v) for v in views(utk.images[va], "multi")]
-    age, p_female = (means_by_mode([p[k] for p in per_view]) for k in (0, 1))
     record = {
         "task": "age-gender", "input": [args.size, args.size, 3], "template": list(fdata.UTK_TEMPLATE), "params": model.count_params(),
         "command": args.command, "recipe": args.recipe, "train_faces": int(len(tr)),
         "train_seconds_this_sitting": round(seconds, 1), "train_seconds": train_seconds(history), "history": history,
         "sittings": read_sittings(Path(args.workdir)), **({"init": init} if init else {}),
-        **{key: age_gender_report(utk.age[va], utk.gender[va], age[mode], p_female[mode], utk.race[va])
-           for key, mode in (("validation", "none"), ("validation_tta", "flip"), ("validation_tta_multi", "multi"))},
+        **age_gender_record(model, fdata.UtkData(*(a[va] for a in utk))),
     }
     write_outputs(best, Path(args.out), args.name, record)
     LOG.info("validation age MAE %.2f, gender %.4f", record["validation"]["age_mae"],

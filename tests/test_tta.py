@@ -126,3 +126,34 @@ def test_every_mode_from_one_pass_per_multi_view_matches_scoring_each_mode():
         np.testing.assert_allclose(by_mode[mode], emotion_predict(model, faces, tta=mode), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="the 6 multi views"):
         means_by_mode([by_mode["none"]] * 2)
+
+
+def _linear(shape, outputs):
+    """A Keras model linear in its pixels: any change to a view's pixels shows in its outputs."""
+    import keras
+
+    inputs = keras.Input(shape)
+    flat = keras.layers.Flatten()(inputs)
+    return keras.Model(inputs, {k: keras.layers.Dense(1, name=k)(flat) for k in outputs} if isinstance(outputs, tuple)
+                       else keras.layers.Dense(outputs)(flat))
+
+
+def test_the_recipe_and_evaluate_score_the_views_the_pipeline_scores():
+    """``emotion_predict`` / ``age_gender_predict`` (training records, ``facebeam evaluate``) make the
+    zoomed views of float32 pixels, as the model handler does: uint8 views would round each
+    interpolated pixel, and the figures would not be the pipeline's."""
+    import keras
+
+    from models.handler import FaceModels
+    from models.train import age_gender_predict, emotion_predict
+
+    keras.utils.set_random_seed(0)
+    emotion, age_gender = _linear((48, 48, 1), 7), _linear((64, 64, 3), ("age", "gender"))
+    grey, rgb = _faces((6, 48, 48), seed=1), _faces((6, 64, 64, 3), seed=2)
+    pair = FaceModels(emotion, age_gender)
+    for mode in TTA_MODES:
+        e, a, g = pair.predict(grey[..., None].astype(np.float32), rgb.astype(np.float32), mode)
+        np.testing.assert_allclose(emotion_predict(emotion, grey, mode), e, rtol=1e-5, atol=1e-4)
+        age, p_female = age_gender_predict(age_gender, rgb, mode)
+        np.testing.assert_allclose(age, a, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(p_female, g, rtol=1e-5, atol=1e-4)
