@@ -28,16 +28,18 @@ import argparse
 import json
 import logging
 import sys
+import zipfile
 
 import numpy as np
 
 from models.metrics import expected_calibration_error
-from models.registry import DEFAULT_MODELS
+from models.registry import DEFAULT_MODELS, ModelIntegrityError
 
 LOG = logging.getLogger("facebeam.calibration")
 
 __all__ = [
-    "apply_temperature", "fit_temperature", "negative_log_likelihood", "cross_fitted", "calibration_record", "main",
+    "apply_temperature", "fit_temperature", "negative_log_likelihood", "cross_fitted", "calibration_record",
+    "record_sidecar", "main",
 ]
 
 # Search interval for T: far wider than the 1-3 Guo et al. report for modern networks.
@@ -48,8 +50,8 @@ _P_MIN = 1e-12
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(log p / T) for probabilities (N, C); rows sum to 1."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, not {temperature}")
+    if not 0 < temperature < np.inf:
+        raise ValueError(f"temperature must be a positive number, not {temperature}")
     z = np.log(np.clip(np.asarray(probs, np.float64), _P_MIN, 1.0)) / temperature
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.train import emotion_predict
 
     if args.record:
-        return _record(args.model, args.record, args.json)
+        return record_sidecar(args.model, args.record, args.json)
     if not args.data or not args.eval:
         p.error("give --data and --eval, or --record")
     try:
@@ -167,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.data} has no faces in its validation split to fit on")
         if not len(y_eval):
             raise ValueError(f"{args.eval} has no faces of the model's classes to evaluate on")
-    except (ValueError, OSError) as e:
+        fdata.check_face_size(args.data, x_fit, spec.name, spec.input_shape)
+        fdata.check_face_size(args.eval, x_eval, spec.name, spec.input_shape)
+    except (ValueError, OSError, ModelIntegrityError, zipfile.BadZipFile) as e:
         print(f"models.calibration: error: {e}", file=sys.stderr)
         return 2
     t = fit_temperature(emotion_predict(model, x_fit, args.tta), y_fit)
@@ -189,33 +193,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _record(model_name: str, path: str, as_json: bool) -> int:
-    """``--record``: the recipe's figures and per-mode temperatures into the sidecar of ``model_name``."""
+def record_sidecar(model_name: str, path: str, as_json: bool, prog: str = "python -m models.calibration",
+                   command: str | None = None) -> int:
+    """``--record``: the recipe's figures and per-mode temperatures into the sidecar of ``model_name``;
+    ``command`` is the one the card names as having scored them (default: this module's)."""
     from pathlib import Path
 
     from models import data as fdata
-    from models.registry import load_checked, resolve
+    from models.registry import load_checked, record_in_sidecar, resolve
     from models.train import FGSM_EPS, emotion_record
 
     try:
         spec = resolve(model_name, "emotion")
-        sidecar = Path(spec.path).with_suffix(".json")
-        meta = json.loads(sidecar.read_text())
+        meta = json.loads(Path(spec.local_file()).with_suffix(".json").read_text())
         classes = tuple(spec.classes or fdata.LABEL_SETS["7"][0])
         faces = fdata.emotion_targets(fdata.load_fer(path), fdata.label_set_of(classes))
         if not len(faces.labels):
             raise ValueError(f"{path} has no faces of the model's classes")
+        fdata.check_face_size(path, faces.images, spec.name, spec.input_shape)
         eps = (meta.get("recipe") or {}).get("adv_step", FGSM_EPS)
         # An ensemble's views are inside the model: it is scored on plain faces only, as when it was made.
         record = emotion_record(load_checked(spec), faces, classes, eps, tta="ensemble" not in meta)
-    except (ValueError, OSError) as e:
-        print(f"models.calibration: error: {e}", file=sys.stderr)
+        if abs(meta.get("temperature", record["temperature"]) - record["temperature"]) > 1e-3:
+            LOG.warning("the plain temperature refitted: %.4f (recorded %.4f)", record["temperature"],
+                        meta["temperature"])
+        sidecar = record_in_sidecar(spec, record, command or f"{prog} --model {model_name} --record {path}")
+    except (ValueError, OSError, ModelIntegrityError, zipfile.BadZipFile) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    if abs(meta.get("temperature", record["temperature"]) - record["temperature"]) > 1e-3:
-        LOG.warning("the plain temperature refitted: %.4f (recorded %.4f)", record["temperature"], meta["temperature"])
-    meta.update(record)
-    meta["scored_by"] = f"python -m models.calibration --model {model_name} --record {path}"
-    sidecar.write_text(json.dumps(meta, indent=2) + "\n")
     by_mode = record["calibration_by_tta"]
     if as_json:
         print(json.dumps({"model": spec.tag, "calibration_by_tta": by_mode}))

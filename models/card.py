@@ -57,6 +57,12 @@ def _tta_header(columns: int) -> list[str]:
     return ["| measure | " + " | ".join(titles) + " |", "|---|" + "---|" * columns]
 
 
+def _scored_by(rec: dict) -> list[str]:
+    """The line naming the command that scored the figures again after training, where one did."""
+    return [f"Scored with `{rec['scored_by']}` (the recipe's scoring, on the same weights).", ""] \
+        if rec.get("scored_by") else []
+
+
 def _emotion_figures(rec: dict) -> list[str]:
     plain = rec["public_test"]
     # Test-time augmentation columns (models.tta); records from before the multi mode have only flip.
@@ -64,8 +70,7 @@ def _emotion_figures(rec: dict) -> list[str]:
     blanks = " |" * (len(scored) - 1)
     lines = [
         f"## Figures (FER2013 PublicTest, {plain['n']:,} faces)", "",
-        *([f"Scored with `{rec['scored_by']}` (the recipe's scoring, on the same weights).", ""]
-          if rec.get("scored_by") else []),
+        *_scored_by(rec),
         *([f"Smoke run: only the first {rec['recipe']['limit']} faces of each file; not a result.", ""]
           if (rec.get("recipe") or {}).get("limit") else []),
         *_tta_header(len(scored)),
@@ -105,6 +110,7 @@ def _age_gender_figures(rec: dict) -> list[str]:
     scored = [v, rec["validation_tta"], *[rec[k] for k in ("validation_tta_multi",) if k in rec]]
     lines = [
         f"## Figures (UTKFace validation split, {v['n']} faces)", "",
+        *_scored_by(rec),
         "The kept epoch was chosen on this split (lowest validation loss), as the emotion model's is on "
         "PublicTest, so the figures are slightly optimistic for unseen faces.", "",
         *_tta_header(len(scored)),

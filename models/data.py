@@ -31,6 +31,7 @@ __all__ = [
     "emotion_targets",
     "EmotionTargets",
     "fer_faces",
+    "check_face_size",
     "LABEL_SETS",
     "FER_TEMPLATE",
     "UTK_TEMPLATE",
@@ -88,21 +89,64 @@ def default_data_dir() -> Path:
 
 
 def load_fer(path: str | os.PathLike) -> FerData:
-    """Loads a FER2013 npz (``images``, ``labels``; ``ferplus_votes`` when present)."""
+    """Loads a FER2013 npz (``images``, ``labels``; ``ferplus_votes`` when present).
+
+    Pixels must be whole numbers in 0..255 (uint8, or any numeric type holding such values); images
+    scaled to [0, 1] are refused rather than read as almost black."""
     with np.load(path, allow_pickle=False) as d:
         if "images" not in d.files or "labels" not in d.files:
             raise ValueError(f"{path}: not a FER2013 npz (needs 'images' and 'labels', has {d.files})")
         images, labels = d["images"], d["labels"]
-        if images.ndim != 3 or len(images) != len(labels):
-            raise ValueError(f"{path}: FER2013 images are grey (N, H, W) with one label each; got images "
-                             f"{images.shape} and {len(labels)} labels")
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(f"{path}: FER2013 images are grey (N, H, W) with one label each (N,); got images "
+                             f"{images.shape} and labels {labels.shape}")
+        images = _pixels(path, images)
+        labels = _whole(path, "labels", labels)
         bad = (labels < 0) | (labels >= len(EMOTIONS))
         if bad.any():
             raise ValueError(f"{path}: {int(bad.sum())} labels outside 0..{len(EMOTIONS) - 1} "
                              f"(the FER2013 classes {', '.join(EMOTIONS)}), e.g. {labels[bad][0]}")
         votes = d["ferplus_votes"] if "ferplus_votes" in d.files else None
-        names = d["filenames"] if "filenames" in d.files else np.arange(len(labels)).astype(str)
-        return FerData(images.astype(np.uint8), labels.astype(np.int64), votes, names)
+        if votes is not None and votes.shape != (len(labels), 10):
+            raise ValueError(f"{path}: ferplus_votes must be (N, 10) for its {len(labels)} faces, not {votes.shape}")
+        names = _names(path, d, len(labels))
+        return FerData(images, labels, votes, names)
+
+
+def _pixels(path, images: np.ndarray) -> np.ndarray:
+    """``images`` as uint8, refused unless every pixel is a whole number in 0..255."""
+    if images.dtype == np.uint8:
+        return images
+    if not np.issubdtype(images.dtype, np.number) or np.issubdtype(images.dtype, np.complexfloating):
+        raise ValueError(f"{path}: images must be uint8 pixels, not {images.dtype}")
+    if images.size:
+        lo, hi = float(np.min(images)), float(np.max(images))
+        if not (0 <= lo and hi <= 255 and np.array_equal(images, np.round(images))):
+            hint = " (scaled to [0, 1]? multiply by 255)" if 0 <= lo and hi <= 1 else ""
+            raise ValueError(f"{path}: images must be whole-number pixels in 0..255; got {images.dtype} values "
+                             f"in [{lo:g}, {hi:g}]{hint}")
+    return images.astype(np.uint8)
+
+
+def _whole(path, name: str, values: np.ndarray) -> np.ndarray:
+    """``values`` as int64, refused unless they are whole numbers."""
+    if np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.bool_):
+        return values.astype(np.int64)
+    if (np.issubdtype(values.dtype, np.floating) and np.isfinite(values).all()
+            and np.array_equal(values, np.round(values))):
+        return values.astype(np.int64)
+    raise ValueError(f"{path}: {name} must be whole numbers, not {values.dtype}"
+                     + (f" values such as {values.ravel()[0]!r}" if values.size else ""))
+
+
+def _names(path, d, n: int) -> np.ndarray:
+    """The ``filenames`` of an npz (one per face), or the face indices as text when it has none."""
+    if "filenames" not in d.files:
+        return np.arange(n).astype(str)
+    names = d["filenames"]
+    if names.shape != (n,):
+        raise ValueError(f"{path}: filenames must be one per face ({n},), not {names.shape}")
+    return names
 
 
 def load_utkface(path: str | os.PathLike, size: int = 64, validation: bool | None = None) -> UtkData:
@@ -115,9 +159,30 @@ def load_utkface(path: str | os.PathLike, size: int = 64, validation: bool | Non
         needed = {"jpeg", "offsets", "age", "gender"}
         if not needed <= set(d.files):
             raise ValueError(f"{path}: not a UTKFace npz (needs {sorted(needed)}, has {d.files})")
-        jpeg, offsets = d["jpeg"], d["offsets"]
+        jpeg, offsets = d["jpeg"], _whole(path, "offsets", d["offsets"])
+        if jpeg.dtype != np.uint8 or jpeg.ndim != 1 or offsets.ndim != 1 or len(offsets) < 1:
+            raise ValueError(f"{path}: jpeg must be bytes, uint8 (M,), and offsets (N+1,); got {jpeg.dtype} "
+                             f"{jpeg.shape} and {offsets.shape}")
+        if offsets[0] != 0 or (np.diff(offsets) <= 0).any() or offsets[-1] > len(jpeg):
+            raise ValueError(f"{path}: offsets must rise from 0 to at most the {len(jpeg)} bytes of jpeg, "
+                             "one image between each two")
         n = len(offsets) - 1
-        names = d["filenames"] if "filenames" in d.files else np.arange(n).astype(str)
+        age = d["age"]
+        gender = _whole(path, "gender", d["gender"])
+        race = _whole(path, "race", d["race"]) if "race" in d.files else np.full(n, -1, np.int64)
+        for name, values in (("age", age), ("gender", gender), ("race", race)):
+            if values.shape != (n,):
+                raise ValueError(f"{path}: {name} must have one value per image ({n},), not {values.shape}")
+        if not np.issubdtype(age.dtype, np.number) or not np.isfinite(age).all() or (age < 0).any():
+            raise ValueError(f"{path}: ages must be years, finite and not negative")
+        bad = (gender != 0) & (gender != 1)
+        if bad.any():
+            raise ValueError(f"{path}: {int(bad.sum())} gender labels are neither 0 (male) nor 1 (female), "
+                             f"e.g. {gender[bad][0]}")
+        bad = (race < -1) | (race > 4)
+        if bad.any():
+            raise ValueError(f"{path}: {int(bad.sum())} race labels outside 0..4, e.g. {race[bad][0]}")
+        names = _names(path, d, n)
         keep = np.arange(n) if validation is None else np.flatnonzero(validation_mask(names) == validation)
         images = np.empty((len(keep), size, size, 3), np.uint8)
         for j, i in enumerate(keep):
@@ -126,9 +191,7 @@ def load_utkface(path: str | os.PathLike, size: int = 64, validation: bool | Non
                 raise ValueError(f"{path}: image {i} does not decode")
             images[j] = cv2.cvtColor(cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA),
                                      cv2.COLOR_BGR2RGB)
-        race = d["race"].astype(np.int64)[keep] if "race" in d.files else np.full(len(keep), -1, np.int64)
-        return UtkData(images, d["age"].astype(np.float32)[keep], d["gender"].astype(np.int64)[keep], race,
-                       names[keep])
+        return UtkData(images, age.astype(np.float32)[keep], gender[keep], race[keep], names[keep])
 
 
 def validation_mask(filenames: np.ndarray, fraction: float = 0.1) -> np.ndarray:
@@ -210,6 +273,14 @@ def fer_faces(d: FerData, classes: tuple[str, ...] | list[str]) -> tuple[np.ndar
     """(images, labels) of the faces a model with ``classes`` can be scored on, labels in its order."""
     faces = emotion_targets(d, label_set_of(classes))
     return faces.images, faces.labels
+
+
+def check_face_size(path, images: np.ndarray, name: str, input_shape) -> None:
+    """Refuses faces ``images`` (N, H, W[, C]) of ``path`` whose size is not the ``input_shape`` of
+    model ``name``: it would fail deep inside the model, or score something else than it was trained on."""
+    if images.shape[1:3] != tuple(input_shape[:2]):
+        raise ValueError(f"{path}: faces of {images.shape[1]}x{images.shape[2]} pixels; {name} takes "
+                         f"{input_shape[0]}x{input_shape[1]}")
 
 
 def save_cache(path: Path, **arrays) -> None:

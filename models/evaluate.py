@@ -8,7 +8,7 @@ probabilities softened by a fitted temperature (``models.calibration``), ``--per
 accuracy on FGSM-perturbed faces (``models.adversarial``, EPS on the [0, 1] pixel scale). Age-gender: age MAE, age-group
 accuracy, gender accuracy, and the same broken down by age band, gender and race (the bias table).
 ``--plot DIR`` writes PNG figures (confusion matrix and reliability diagram; age scatter and errors
-by age group).
+by age group). ``--record`` writes the recipe's figures of a model into its sidecar, for its card.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import zipfile
 from pathlib import Path
@@ -173,12 +174,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="emotion: also report accuracy on FGSM-perturbed faces, EPS on the [0, 1] pixel scale")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", default=None, help="directory for PNG figures")
+    p.add_argument("--record", action="store_true",
+                   help="instead: score the model as its recipe does and write the figures into its sidecar, which "
+                        "its card renders (emotion: every --tta mode with a temperature fitted for each, as python -m "
+                        "models.calibration --record; age-gender: the validation split with every --tta mode)")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.record:
+        return _record(p, args)
     try:
         if args.task == "emotion":
             spec = resolve(args.model or DEFAULT_MODELS["emotion"], "emotion")
-            if args.temperature is not None and args.temperature <= 0:
-                raise ValueError(f"--temperature must be positive, not {args.temperature}")
+            if args.temperature is not None and not 0 < args.temperature < math.inf:
+                raise ValueError(f"--temperature must be a positive number, not {args.temperature}")
+            if not 0 <= args.perturb < math.inf:
+                raise ValueError(f"--perturb must be a number 0 or above, not {args.perturb}")
             if args.calibrated and args.temperature is not None:
                 raise ValueError("give --temperature or --calibrated, not both")
             temperature = spec.temperature_for(args.tta) if args.calibrated else args.temperature
@@ -186,9 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             images, labels = fdata.fer_faces(fdata.load_fer(args.data), classes)
             if not len(labels):
                 raise ValueError(f"{args.data}: no faces of the model's classes ({', '.join(classes)}) to score")
-            if images.shape[1:] != tuple(spec.input_shape[:2]):
-                raise ValueError(f"{args.data}: faces of {images.shape[1]}x{images.shape[2]} pixels; {spec.name} "
-                                 f"takes {spec.input_shape[0]}x{spec.input_shape[1]}")
+            fdata.check_face_size(args.data, images, spec.name, spec.input_shape)
             report, probs = evaluate_emotion(load_checked(spec), images, labels, classes, args.tta,
                                              temperature, args.perturb)
             plots = _plot_emotion(report, labels, probs, classes, Path(args.plot)) if args.plot else []
@@ -212,6 +219,45 @@ def main(argv: list[str] | None = None) -> int:
     if plots:
         report["plots"] = [str(p) for p in plots]
     print(json.dumps(report) if args.json else _text(args.task, report))
+    return 0
+
+
+def _record(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``--record``: the recipe's figures of the model on ``--data`` into its sidecar."""
+    given = [flag for flag, value, default in (("--tta", args.tta, "none"), ("--temperature", args.temperature, None),
+                                               ("--calibrated", args.calibrated, False), ("--perturb", args.perturb, 0.0),
+                                               ("--plot", args.plot, None)) if value != default]
+    if given or args.split == "train":
+        p.error(f"--record scores the model as its recipe does; it takes no {' '.join(given) or '--split train'}")
+    model = args.model or DEFAULT_MODELS[args.task]
+    command = f"facebeam evaluate {args.task} --model {model} --data {args.data} --record"
+    if args.task == "emotion":
+        from models.calibration import record_sidecar
+
+        return record_sidecar(model, args.data, args.json, prog="facebeam evaluate", command=command)
+    from models.registry import record_in_sidecar
+    from models.train import age_gender_record
+
+    try:
+        spec = resolve(model, "age-gender")
+        utk = fdata.load_utkface(args.data, size=spec.input_shape[0], validation=True)
+        if not len(utk.age):
+            raise ValueError(f"{args.data}: no faces in the validation split")
+        record = age_gender_record(load_checked(spec), utk)
+        sidecar = record_in_sidecar(spec, record, command)
+    except zipfile.BadZipFile as e:
+        print(f"facebeam evaluate: error: {args.data}: not a readable .npz ({e})", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, ModelIntegrityError) as e:
+        print(f"facebeam evaluate: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"model": spec.tag, **record}))
+    else:
+        for key, r in record.items():
+            print(f"{key:<21} age MAE {r['age_mae']:.3f}, age-group accuracy {r['age_group_accuracy']:.4f}, "
+                  f"gender accuracy {r['gender_accuracy']:.4f}")
+        print(f"wrote {sidecar}")
     return 0
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 __all__ = ["ModelSpec", "WEIGHTS_DIR", "SHIPPED", "DEFAULT_MODELS", "default_specs", "resolve", "verify", "load_checked", "sha256_of",
-           "ModelIntegrityError", "cache_root", "is_uri", "replaced_whole"]
+           "ModelIntegrityError", "cache_root", "is_uri", "replaced_whole", "record_in_sidecar"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -221,3 +221,17 @@ def load_checked(spec: ModelSpec):
 
     verify(spec)
     return keras.models.load_model(spec.local_file(), compile=False)
+
+
+def record_in_sidecar(spec: ModelSpec, record: dict, scored_by: str) -> Path:
+    """Merges ``record``, figures scored on the model's own weights, into its JSON sidecar (written
+    whole) with ``scored_by``, the command that scored them, which its card then names."""
+    if is_uri(spec.path):
+        raise ValueError(f"{spec.path}: a model on a remote file system; record into a local copy of it")
+    sidecar = Path(spec.local_file()).with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    meta.update(record)
+    meta["scored_by"] = scored_by
+    with replaced_whole(sidecar) as part:
+        Path(part).write_text(json.dumps(meta, indent=2) + "\n")
+    return sidecar

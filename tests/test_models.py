@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -41,8 +42,6 @@ def test_shipped_weights_match_pinned_sha256(name):
 def test_committed_card_is_what_its_sidecar_renders(name):
     """Cards are written by ``models.card`` from the sidecar; only the emotion card's ablation and
     search tables come from results kept outside the repository."""
-    import re
-
     from models import card
 
     committed = (WEIGHTS_DIR.parent / "cards" / f"{name}.md").read_text()
@@ -146,6 +145,10 @@ def _fer_file(path, images, labels):
     ("label 7", "labels outside 0..6"),
     ("colour", "FER2013 images are grey"),
     ("64 pixels", "faces of 64x64 pixels"),
+    ("pixels in [0, 1]", "multiply by 255"),
+    ("labels (N, 1)", "labels (10, 1)"),
+    ("fractional labels", "labels must be whole numbers"),
+    ("votes (N, 7)", "ferplus_votes must be (N, 10)"),
     ("cut off", "not a readable .npz"),
     ("a directory", "Is a directory"),
     ("no sha256", "lacks sha256"),
@@ -162,6 +165,11 @@ def test_evaluate_refuses_bad_files_with_a_message(tmp_path, capsys, case, messa
         "label 7": lambda: _fer_file(tmp_path / "f.npz", grey, labels + 1),
         "colour": lambda: _fer_file(tmp_path / "f.npz", np.zeros((10, 48, 48, 3), np.uint8), labels),
         "64 pixels": lambda: _fer_file(tmp_path / "f.npz", np.zeros((10, 64, 64), np.uint8), labels),
+        "pixels in [0, 1]": lambda: _fer_file(tmp_path / "f.npz", np.full((10, 48, 48), 0.5, np.float32), labels),
+        "labels (N, 1)": lambda: _fer_file(tmp_path / "f.npz", grey, labels[:, None]),
+        "fractional labels": lambda: _fer_file(tmp_path / "f.npz", grey, labels + 0.5),
+        "votes (N, 7)": lambda: np.savez(tmp_path / "f.npz", images=grey, labels=labels,
+                                         ferplus_votes=np.ones((10, 7), np.uint8)) or str(tmp_path / "f.npz"),
     }.get(case, lambda: _fer_file(tmp_path / "f.npz", grey, labels))()
     model = []
     if case == "cut off":
@@ -182,6 +190,61 @@ def test_evaluate_refuses_bad_files_with_a_message(tmp_path, capsys, case, messa
         model = ["--model", str(copy)]
     assert evaluate.main(["emotion", "--data", data, *model]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_whole_number_pixels_of_any_type_read_as_uint8(tmp_path):
+    images = np.arange(10 * 48 * 48).reshape(10, 48, 48) % 256
+    path = _fer_file(tmp_path / "f.npz", images.astype(np.float64), (np.arange(10) % 7).astype(np.float32))
+    d = fdata.load_fer(path)
+    assert d.images.dtype == np.uint8 and np.array_equal(d.images, images) and d.labels.dtype == np.int64
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--temperature", "inf"], "--temperature must be a positive number"),
+    (["--temperature", "nan"], "--temperature must be a positive number"),
+    (["--temperature", "0"], "--temperature must be a positive number"),
+    (["--perturb", "-0.01"], "--perturb must be a number 0 or above"),
+    (["--perturb", "nan"], "--perturb must be a number 0 or above"),
+])
+def test_evaluate_refuses_meaningless_settings(tmp_path, capsys, option, message):
+    from models import evaluate
+
+    data = _fer_file(tmp_path / "f.npz", np.zeros((10, 48, 48), np.uint8), np.arange(10) % 7)
+    assert evaluate.main(["emotion", "--data", data, *option]) == 2
+    assert message in capsys.readouterr().err
+
+
+def _utk_file(path, n=4, **change):
+    import cv2
+
+    jpegs = [cv2.imencode(".jpg", np.full((32, 32, 3), 40 * i % 256, np.uint8))[1].ravel() for i in range(n)]
+    arrays = {"jpeg": np.concatenate(jpegs), "offsets": np.cumsum([0] + [len(j) for j in jpegs]),
+              "age": np.arange(n, dtype=np.int16) * 20 + 1, "gender": np.arange(n, dtype=np.int8) % 2,
+              "race": np.arange(n, dtype=np.int8) % 5, "filenames": np.array([f"{i}.jpg" for i in range(n)])}
+    arrays.update(change)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return str(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"gender": np.array([0, 1, 2, 1], np.int8)}, "1 gender labels are neither 0 (male) nor 1 (female), e.g. 2"),
+    ({"age": np.array([1, 2, 3], np.int16)}, "age must have one value per image (4,)"),
+    ({"age": np.array([1, -2, 3, 4], np.int16)}, "ages must be years, finite and not negative"),
+    ({"race": np.array([0, 1, 7, 1], np.int8)}, "race labels outside 0..4"),
+    ({"gender": np.array([[0], [1], [0], [1]], np.int8)}, "gender must have one value per image"),
+    ({"filenames": np.array(["a.jpg"])}, "filenames must be one per face (4,)"),
+    ({"offsets": np.array([0, 5, 3, 9, 12])}, "offsets must rise from 0"),
+    ({"offsets": np.array([0, 5, 10, 15, 10 ** 7])}, "offsets must rise from 0"),
+])
+def test_utkface_files_with_inconsistent_arrays_are_refused(tmp_path, change, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        fdata.load_utkface(_utk_file(tmp_path / "u.npz", **change))
+
+
+def test_utkface_file_of_the_layout_loads(tmp_path):
+    d = fdata.load_utkface(_utk_file(tmp_path / "u.npz", race=None, filenames=None), size=16)
+    assert d.images.shape == (4, 16, 16, 3) and list(d.gender) == [0, 1, 0, 1] and list(d.race) == [-1] * 4
+    assert list(d.filenames) == ["0", "1", "2", "3"] and list(d.age) == [1, 21, 41, 61]
 
 
 def test_a_shipped_model_is_found_in_the_installation_that_loads_it(shipped_specs):
@@ -224,3 +287,45 @@ def test_a_model_on_a_filesystems_uri_is_fetched_into_the_cache(tmp_path, monkey
     (tmp_path / "bucket" / "models" / "mine.json").unlink()
     with pytest.raises(FileNotFoundError, match="has no sidecar"):
         resolve("fbtest://models/mine.keras", "emotion")
+
+
+def test_evaluate_record_writes_the_recipes_figures_into_the_sidecar(tmp_path, capsys):
+    """``facebeam evaluate --record`` rescores a model as its recipe does (age-gender: the validation
+    split with every TTA mode) and its card names the command."""
+    import keras
+
+    from models import card, evaluate
+    from models.networks import age_gender_net
+    from tests.test_distill import _teacher
+    from tests.test_training_techniques import write_fer
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path / "ag.keras"
+    age_gender_net(input_size=32, widths=(4, 8), dropout=0.0).save(path)
+    path.with_suffix(".json").write_text(json.dumps({
+        "task": "age-gender", "sha256": sha256_of(path), "input": [32, 32, 3], "template": [0.39, 0.29],
+        "command": "python -m models.train age-gender", "sittings": []}))
+    data = _utk_file(tmp_path / "u.npz", n=60)
+    held = fdata.validation_mask(np.array([f"{i}.jpg" for i in range(60)]))
+    assert held.any()
+    assert evaluate.main(["age-gender", "--model", str(path), "--data", data, "--record"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["validation"]["n"] == held.sum() and {"validation_tta", "validation_tta_multi"} <= set(meta)
+    assert meta["scored_by"] == f"facebeam evaluate age-gender --model {path} --data {data} --record"
+    assert f"Scored with `{meta['scored_by']}` (the recipe's scoring, on the same weights)." in card._age_gender_figures(meta)
+    assert evaluate.main(["age-gender", "--model", str(path), "--data", data, "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["n"] == 60  # without --record: every face, nothing written
+
+    emotion = _teacher(tmp_path, name="small")
+    fer = write_fer(tmp_path / "fer.npz", 30, seed=2)
+    assert evaluate.main(["emotion", "--model", str(emotion), "--data", str(fer), "--record", "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["calibration_by_tta"]) == {"none", "flip", "multi"}
+    meta = json.loads(emotion.with_suffix(".json").read_text())
+    assert meta["public_test_tta_multi"]["n"] == 30 and meta["scored_by"].startswith("facebeam evaluate emotion")
+
+    for extra in (["--tta", "flip"], ["--perturb", "0.01"], ["--split", "train"]):
+        with pytest.raises(SystemExit):
+            evaluate.main(["age-gender", "--model", str(path), "--data", data, "--record", *extra])
+        assert "--record scores the model as its recipe does" in capsys.readouterr().err

@@ -86,3 +86,26 @@ def test_record_writes_a_temperature_per_tta_mode_into_the_sidecar(tmp_path, cap
     spec = resolve(str(model), "emotion")
     assert spec.temperature_for("multi") == meta["temperatures"]["multi"]
     assert main(["--model", str(model), "--record", str(tmp_path / "missing.npz")]) == 2
+
+
+def test_calibrate_refuses_faces_of_another_size_and_a_tampered_model(tmp_path, capsys):
+    import json
+
+    from models.calibration import main
+    from tests.test_distill import _teacher
+    from tests.test_training_techniques import write_fer
+
+    model = _teacher(tmp_path, name="small")
+    good = write_fer(tmp_path / "good.npz", 40, seed=1)
+    wide = tmp_path / "wide.npz"
+    np.savez(wide, images=np.zeros((40, 64, 64), np.uint8), labels=np.arange(40) % 7)
+    for args in (["--data", str(wide), "--eval", str(good)], ["--data", str(good), "--eval", str(wide)],
+                 ["--record", str(wide)]):
+        assert main(["--model", str(model), *args]) == 2
+        assert f"{wide}: faces of 64x64 pixels; small takes 48x48" in capsys.readouterr().err
+    meta = json.loads(model.with_suffix(".json").read_text())
+    meta["sha256"] = "0" * 64
+    model.with_suffix(".json").write_text(json.dumps(meta))
+    for args in (["--data", str(good), "--eval", str(good)], ["--record", str(good)]):
+        assert main(["--model", str(model), *args]) == 2
+        assert "does not match" in capsys.readouterr().err
