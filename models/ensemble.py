@@ -7,10 +7,10 @@ The model averages the softmax of every member on every view of ``models.tta`` (
 the face as it is; ``flip``: and its mirror image; ``multi``: those zoomed in and out by 8% too).
 The views are part of the graph: each is a fixed resampling of the face, two matrix products
 (rows, then columns) in frozen ``Dense`` layers, the bilinear interpolation with replicated edges
-that ``models.tta`` does with OpenCV (which rounds to whole grey levels: a fraction of a level apart
-on average). So the file is an ordinary emotion model with one input and one output: the pipeline
-(``--emotion_model``), LiteRT, ``facebeam evaluate``, the calibration and ``--teacher`` take it as they
-take a single network (``--tta`` would add views on top of its own).
+that ``models.tta`` does with OpenCV (whose interpolation weights are multiples of 1/32: under half a
+grey level apart, a twentieth on average). So the file is an ordinary emotion model with one input and
+one output: the pipeline (``--emotion_model``), LiteRT, ``facebeam evaluate``, the calibration and
+``--teacher`` take it as they take a single network (``--tta`` would add views on top of its own).
 
 Members are shipped names or ``.keras`` paths with sidecars (sha256 checked) of the same classes,
 input and framing. The sidecar records each member's sha256, PublicTest figures and training
