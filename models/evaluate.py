@@ -224,9 +224,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _record(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """``--record``: the recipe's figures of the model on ``--data`` into its sidecar."""
-    given = [flag for flag, value, default in (("--tta", args.tta, "none"), ("--temperature", args.temperature, None),
-                                               ("--calibrated", args.calibrated, False), ("--perturb", args.perturb, 0.0),
-                                               ("--plot", args.plot, None)) if value != default]
+    settings = (("--tta", args.tta, "none"), ("--temperature", args.temperature, None),
+                ("--calibrated", args.calibrated, False), ("--perturb", args.perturb, 0.0), ("--plot", args.plot, None))
+    given = [flag for flag, value, default in settings if value != default]
     if given or args.split == "train":
         p.error(f"--record scores the model as its recipe does; it takes no {' '.join(given) or '--split train'}")
     model = args.model or DEFAULT_MODELS[args.task]

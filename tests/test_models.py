@@ -313,7 +313,8 @@ def test_evaluate_record_writes_the_recipes_figures_into_the_sidecar(tmp_path, c
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["validation"]["n"] == held.sum() and {"validation_tta", "validation_tta_multi"} <= set(meta)
     assert meta["scored_by"] == f"facebeam evaluate age-gender --model {path} --data {data} --record"
-    assert f"Scored with `{meta['scored_by']}` (the recipe's scoring, on the same weights)." in card._age_gender_figures(meta)
+    scored = f"Scored with `{meta['scored_by']}` (the recipe's scoring, on the same weights)."
+    assert scored in card._age_gender_figures(meta)
     assert evaluate.main(["age-gender", "--model", str(path), "--data", data, "--json"]) == 0
     plain = json.loads(capsys.readouterr().out)
     assert plain["n"] == 60  # without --record: every face, nothing written
