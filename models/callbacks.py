@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from models.registry import replaced_whole
 from models.swa import snapshot_path
@@ -30,13 +31,37 @@ def backed_up_epochs(backup_dir: str | Path) -> int | None:
 
 class AtomicBackup(keras.callbacks.BackupAndRestore):
     """Keras' BackupAndRestore (weights, optimizer and epoch, restored at the start of ``fit``),
-    with each file replaced whole. The weights go first: a run killed between the two files
-    repeats one epoch's data from the newer weights, rather than skipping one."""
+    with each file replaced whole, and the model's random-number state too: Dropout's seed
+    generators are variables but not weights, so without it every sitting would draw the masks of
+    the first epochs again. The weights go first and the epoch last: a run killed between the
+    files repeats one epoch's data from the newer weights, rather than skipping one."""
+
+    def _random_state(self) -> list:
+        """The model's variables that are not weights: its layers' seed generators (Dropout)."""
+        weights = {id(w) for w in self.model.weights}
+        return [v for v in self.model.variables if id(v) not in weights]
+
+    def _random_state_path(self) -> Path:
+        return Path(self.backup_dir) / "random_state.json"
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        path = self._random_state_path()
+        if not path.is_file() or backed_up_epochs(self.backup_dir) is None:
+            return
+        # In the model's order: their names carry a counter of the process's models.
+        saved, state = json.loads(path.read_text()), self._random_state()
+        if len(saved) != len(state):
+            raise ValueError(f"{path}: the random state of {len(saved)} generators, the model has {len(state)}")
+        for v, value in zip(state, saved):
+            v.assign(np.asarray(value, dtype=v.dtype))
 
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
         with replaced_whole(self._weights_path) as part:
             self.model.save_weights(filepath=part, overwrite=True)
+        with replaced_whole(self._random_state_path()) as part:
+            Path(part).write_text(json.dumps([np.asarray(v).tolist() for v in self._random_state()]))
         with replaced_whole(self._training_metadata_path) as part:
             Path(part).write_text(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
 

@@ -288,6 +288,16 @@ def test_a_run_in_sittings_trains_on_the_batches_of_one_that_never_stopped(tmp_p
     assert _fit_in_sittings(tmp_path / "two", [1, 0], x, y) == _fit_in_sittings(tmp_path / "one", [0], x, y)
 
 
+def test_a_run_in_sittings_draws_the_dropout_masks_of_one_that_never_stopped(tmp_path):
+    """Dropout's seed generator is a variable, not a weight: the backup keeps it, or the first epoch
+    after a resume would draw epoch 0's masks again."""
+    x = _faces(n=24, size=48, channels=1)
+    y = np.eye(7, dtype=np.float32)[np.arange(24) % 7]
+    one = _fit_in_sittings(tmp_path / "one", [0], x, y, dropout=0.4)
+    assert _fit_in_sittings(tmp_path / "two", [1, 0], x, y, dropout=0.4) == one
+    assert _fit_in_sittings(tmp_path / "three", [1, 1, 0], x, y, dropout=0.4) == one
+
+
 def test_a_kill_before_the_backup_trains_that_epoch_again(tmp_path):
     """The training state is backed up last at the end of an epoch: a run killed after its history row but
     before the backup goes on from the backup, and the epoch's row is replaced, not duplicated or skipped."""
