@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from models.args import number
 from models.runs import SUMMARY_KEYS, report_figures, run_recipe, summarize
 
 LOG = logging.getLogger("facebeam.train")
@@ -122,14 +123,20 @@ def _cached(name: str, s: _Settings) -> dict:
 
 
 def ablate(names: list[str], s: _Settings) -> dict:
-    """Makes the rows ``names`` (cached ones are read back) and returns every cached row's results."""
+    """Makes the rows ``names`` (cached ones are read back) and returns the results of every cached
+    row made with these settings: the table states one budget, so a row made with others is left out."""
     for name in names:
         _cached(name, s)
     rows = []
     for name in ROWS:
         path = s.workdir / "rows" / f"{name}.json"
         if path.exists():
-            rows.append(json.loads(path.read_text()))
+            row = json.loads(path.read_text())
+            if row["argv"] == _row_argv(name, s):
+                rows.append(row)
+            else:
+                LOG.warning("row %s in %s was made by %s, with other settings: left out of the results", name,
+                            s.workdir, row["argv"])
     return {"task": "emotion", "epochs": s.epochs, "seed": s.seed, "limit": s.limit,
             "train_args": list(s.train_args), "summary_keys": list(SUMMARY_KEYS), "rows": rows}
 
@@ -139,14 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.ablate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=("emotion",), help="which recipe to ablate")
-    p.add_argument("--epochs", type=int, required=True, help="the epoch budget every trained row shares")
+    p.add_argument("--epochs", type=number(int, at_least=1), required=True, help="the epoch budget every trained row shares")
     p.add_argument("--workdir", default="runs/ablate", help="one folder per row, and the cached rows")
     p.add_argument("--out", default=None, help="results JSON (default WORKDIR/results.json)")
     p.add_argument("--only", nargs="+", choices=list(ROWS), default=None, help="make only these rows")
     p.add_argument("--data_dir", default=None, help="folder holding fer2013/ (default: models.data's)")
-    p.add_argument("--limit", type=int, default=0, help="use only the first N faces of each file (smoke runs)")
+    p.add_argument("--limit", type=number(int, at_least=0), default=0, help="use only the first N faces of each file (smoke runs)")
     p.add_argument("--seed", type=int, default=1, help="the seed every row shares")
-    p.add_argument("--threads", type=int, default=0, help="TF intra-op threads (0: all cores)")
+    p.add_argument("--threads", type=number(int, at_least=0), default=0, help="TF intra-op threads (0: all cores)")
     args, extra = p.parse_known_args(list(sys.argv[1:] if argv is None else argv))
     from models.train import set_threads
 

@@ -86,6 +86,8 @@ class KeepBest(keras.callbacks.Callback):
         value = (logs or {}).get(self.monitor)
         if value is None:
             raise KeyError(f"KeepBest monitors {self.monitor!r}, which the epoch's logs lack: {sorted(logs or {})}")
+        if not all(math.isfinite((logs or {}).get(k, 0.0)) for k in ("loss", "val_loss", self.monitor)):
+            return  # a diverged epoch (NaN weights can still score a finite accuracy) is never kept
         if (value < self.best) if self.mode == "min" else (value > self.best):
             self.best = float(value)
             with replaced_whole(self.path) as part:

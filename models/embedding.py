@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from models import data as fdata
+from models.args import number
 from models.registry import DEFAULT_MODELS
 
 LOG = logging.getLogger("facebeam.train")
@@ -40,22 +41,22 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--workdir", default="runs/emotion_embedding", help="features and checkpoints; rerun to resume")
     s.add_argument("--out", default="models/weights", help="where the best model and its record go")
     s.add_argument("--name", default="emotion_embedding", help="file name (without .keras) of the model")
-    s.add_argument("--epochs", type=int, default=30, help="epochs of the classifier's schedule")
-    s.add_argument("--stop_after", type=int, default=0,
+    s.add_argument("--epochs", type=number(int, at_least=1), default=30, help="epochs of the classifier's schedule")
+    s.add_argument("--stop_after", type=number(int, at_least=0), default=0,
                    help="end this sitting after this many epochs of the schedule (0: all); rerun to go on")
-    s.add_argument("--batch_size", type=int, default=256, help="training batch size")
-    s.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, cosine)")
-    s.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
-    s.add_argument("--hidden", type=int, default=256, help="units of the MLP's hidden layer")
-    s.add_argument("--dropout", type=float, default=0.5, help="dropout on the features and the hidden layer")
-    s.add_argument("--views", type=int, default=1,
+    s.add_argument("--batch_size", type=number(int, at_least=1), default=256, help="training batch size")
+    s.add_argument("--lr", type=number(above=0), default=1e-3, help="peak learning rate (AdamW, cosine)")
+    s.add_argument("--weight_decay", type=number(at_least=0), default=1e-4, help="AdamW weight decay")
+    s.add_argument("--hidden", type=number(int, at_least=1), default=256, help="units of the MLP's hidden layer")
+    s.add_argument("--dropout", type=number(at_least=0, below=1), default=0.5, help="dropout on the features and the hidden layer")
+    s.add_argument("--views", type=number(int, at_least=1), default=1,
                    help="feature passes over the training faces: 1 plain, then augmented copies")
     s.add_argument("--label_set", default="7", choices=sorted(fdata.LABEL_SETS), help="7, 6 or 5 classes")
     s.add_argument("--clean", action="store_true", help="drop FER+ 'not a face' images from training")
     s.add_argument("--class_weight", action="store_true", help="weight the loss by inverse class frequency")
     s.add_argument("--seed", type=int, default=1, help="random seed (data order, init, augmented views)")
-    s.add_argument("--threads", type=int, default=0, help="TF intra-op threads (0: all cores)")
-    s.add_argument("--limit", type=int, default=0, help="use only the first N faces (smoke runs)")
+    s.add_argument("--threads", type=number(int, at_least=0), default=0, help="TF intra-op threads (0: all cores)")
+    s.add_argument("--limit", type=number(int, at_least=0), default=0, help="use only the first N faces (smoke runs)")
 
 
 def feature_extractor(base):

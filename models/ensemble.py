@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from models import data as fdata
+from models.args import number
 from models.registry import ModelIntegrityError
 from models.tta import TTA_MODES, ZOOMS, view_count
 
@@ -120,7 +121,7 @@ def _member(spec) -> dict:
 def ensemble_emotion(args: argparse.Namespace) -> dict:
     """Builds, scores and writes the ensemble of ``args.members``; returns its sidecar record."""
     from models.registry import load_checked, resolve
-    from models.train import FGSM_EPS, emotion_record, write_sidecar
+    from models.train import FGSM_EPS, emotion_record, write_outputs
 
     specs = [resolve(m, "emotion") for m in args.members]
     first = specs[0]
@@ -146,10 +147,7 @@ def ensemble_emotion(args: argparse.Namespace) -> dict:
         # the views are in the model: scored as the pipeline runs it, without test-time augmentation on top
         **emotion_record(model, test, classes, FGSM_EPS, tta=False),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save(out / f"{args.name}.keras")
-    write_sidecar(out / f"{args.name}.keras", record)
+    write_outputs(None, Path(args.out), args.name, record, model=model)
     LOG.info("PublicTest accuracy %.4f; temperature %.3f", record["public_test"]["accuracy"], record["temperature"])
     return record
 
@@ -162,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="emotion_ensemble", help="file name (without .keras) of the model")
     p.add_argument("--out", default="models/weights", help="where the model and its record go")
     p.add_argument("--data_dir", default=str(fdata.default_data_dir()), help="folder holding fer2013/")
-    p.add_argument("--limit", type=int, default=0, help="score only the first N PublicTest faces (smoke runs)")
+    p.add_argument("--limit", type=number(int, at_least=0), default=0, help="score only the first N PublicTest faces (smoke runs)")
     return p
 
 

@@ -27,7 +27,9 @@ def run_recipe(argv: list[str], directory: Path) -> dict:
     """The sidecar record of ``models.train`` ``argv`` (task first) trained into ``directory``."""
     from models import train
 
-    clash = [a for a in argv if a.split("=")[0] in _OWN_FLAGS]
+    # argparse takes a flag's unique prefix too (--stop for --stop_after)
+    clash = [a for a in argv if len(a.split("=")[0]) > 2 and a.startswith("--")
+             and any(flag.startswith(a.split("=")[0]) for flag in _OWN_FLAGS)]
     if clash:
         raise ValueError(f"{clash} are set per row; leave them out of the recipe's flags")
     args = train.parse_args([*argv, "--workdir", str(directory / "checkpoints"), "--out", str(directory),

@@ -20,8 +20,10 @@ import logging
 import sys
 from pathlib import Path
 
+from models.args import number
 from models.card import fmt_optional
-from models.runs import run_recipe, summarize
+from models.runs import SUMMARY_KEYS, run_recipe, summarize
+from models.train import TrainingDiverged
 
 LOG = logging.getLogger("facebeam.train")
 
@@ -52,8 +54,12 @@ def search(task: str, lrs: list[float], widths: list[list[int]], dropouts: list[
         name = combination_name(lr, w, dropout)
         argv = [task, "--epochs", str(epochs), "--lr", str(lr), "--widths", *map(str, w),
                 "--dropout", str(dropout), *extra]
-        record = run_recipe(argv, workdir / name)
-        table["rows"].append({"name": name, "lr": lr, "widths": w, "dropout": dropout, **summarize(record)})
+        try:
+            figures = summarize(run_recipe(argv, workdir / name))
+        except TrainingDiverged as e:  # a row of the table, not the end of the search
+            LOG.warning("%s: %s", name, e)
+            figures = {**dict.fromkeys(SUMMARY_KEYS), "diverged": True}
+        table["rows"].append({"name": name, "lr": lr, "widths": w, "dropout": dropout, **figures})
         _write(table, workdir)
     return table
 
@@ -65,12 +71,13 @@ def markdown(table: dict) -> str:
              + (f" and the flags `{' '.join(table['train_args'])}`." if table["train_args"] else "."), "",
              "| lr | widths | dropout | accuracy | macro F1 | disgust recall | fear recall | ECE | training (min) |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(table["rows"], key=lambda r: -r["accuracy"]):
+    for r in sorted(table["rows"], key=lambda r: (r["accuracy"] is None, -(r["accuracy"] or 0.0))):
         seconds = r["train_seconds"]
-        lines.append(f"| {r['lr']:g} | {'-'.join(map(str, r['widths']))} | {r['dropout']:g} | "
-                     f"{fmt_optional(r['accuracy'], '{:.1%}')} | {r['macro_f1']:.3f} | "
-                     f"{fmt_optional(r['disgust_recall'])} | {fmt_optional(r['fear_recall'])} | {r['ece']:.3f} | "
-                     f"{fmt_optional(None if seconds is None else seconds / 60, '{:.1f}')} |")
+        figures = ("diverged (loss NaN) | - | - | - | - | -" if r.get("diverged") else
+                   f"{fmt_optional(r['accuracy'], '{:.1%}')} | {r['macro_f1']:.3f} | "
+                   f"{fmt_optional(r['disgust_recall'])} | {fmt_optional(r['fear_recall'])} | {r['ece']:.3f} | "
+                   f"{fmt_optional(None if seconds is None else seconds / 60, '{:.1f}')}")
+        lines.append(f"| {r['lr']:g} | {'-'.join(map(str, r['widths']))} | {r['dropout']:g} | {figures} |")
     return "\n".join(lines) + "\n"
 
 
@@ -85,13 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.search", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=("emotion",), help="which recipe to search")
-    p.add_argument("--lr", type=float, nargs="+", default=[2e-3], help="peak learning rates")
+    p.add_argument("--lr", type=number(above=0), nargs="+", default=[2e-3], help="peak learning rates")
     p.add_argument("--widths", type=_widths, nargs="+", default=[[32, 64, 128, 256]],
                    help="filters per block, one comma-separated list per choice")
-    p.add_argument("--dropout", type=float, nargs="+", default=[0.4], help="dropout rates before the head")
-    p.add_argument("--epochs", type=int, required=True, help="epochs of every combination's schedule")
+    p.add_argument("--dropout", type=number(at_least=0, below=1), nargs="+", default=[0.4], help="dropout rates before the head")
+    p.add_argument("--epochs", type=number(int, at_least=1), required=True, help="epochs of every combination's schedule")
     p.add_argument("--workdir", default="runs/search", help="one folder per combination, and the results")
-    p.add_argument("--threads", type=int, default=0, help="TF intra-op threads (0: all cores)")
+    p.add_argument("--threads", type=number(int, at_least=0), default=0, help="TF intra-op threads (0: all cores)")
     args, extra = p.parse_known_args(list(sys.argv[1:] if argv is None else argv))
     from models.train import set_threads
 

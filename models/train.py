@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shlex
 import sys
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from models import data as fdata
+from models.args import number
 from models.metrics import age_gender_report, classification_report
 from models.registry import sha256_of
 from models.tta import TTA_MODES
@@ -36,7 +38,7 @@ LOG = logging.getLogger("facebeam.train")
 
 __all__ = [
     "main", "parse_args", "run", "train_emotion", "train_age_gender", "emotion_predict", "age_gender_predict",
-    "fit_resumable", "check_recipe", "RecipeMismatch", "read_history", "read_sittings", "write_outputs", "write_sidecar", "emotion_record", "emotion_faces",
+    "fit_resumable", "check_recipe", "RecipeMismatch", "TrainingDiverged", "read_history", "read_sittings", "write_outputs", "write_sidecar", "emotion_record", "emotion_faces",
     "cosine_schedule", "train_seconds", "set_threads", "inverse_frequency_weights", "FGSM_EPS",
 ]
 
@@ -108,6 +110,9 @@ def fit_resumable(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: 
     best = workdir / "best.keras"
     history_path = workdir / "history.csv"
     history = read_history(workdir)
+    if len(history) > epochs:
+        raise RecipeMismatch(f"{workdir} holds {len(history)} trained epochs; a schedule can only grow "
+                             f"(give --epochs {len(history)} or more, or use another --workdir)")
     if best.exists() and len(history) >= epochs:
         LOG.info("%s: all %d epochs trained; using its kept model", workdir, epochs)
         return best, 0.0
@@ -123,6 +128,7 @@ def fit_resumable(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: 
         train_ds.start_at(done)
     sitting = SittingLog(workdir / "sittings.jsonl", _sitting_line(done, epochs, command))
     callbacks = [
+        keras.callbacks.TerminateOnNaN(),  # a diverged run ends at its first NaN batch, not after every epoch
         EpochSeconds(),
         KeepBest(best, monitor, mode, (max if mode == "max" else min)(seen) if seen else None, keep),
         keras.callbacks.CSVLogger(str(history_path), append=True),
@@ -136,7 +142,19 @@ def fit_resumable(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: 
     # Keras' own shuffling of their order restarts with every sitting.
     model.fit(train_ds, validation_data=val_ds, epochs=min(stop_after or epochs, epochs), callbacks=callbacks,
               class_weight=class_weight, verbose=2, shuffle=False)
+    trained = read_history(workdir)
+    diverged = [int(h["epoch"]) + 1 for h in trained if not _finite_losses(h)]
+    if diverged or len(trained) < min(stop_after or epochs, epochs) or not best.exists():
+        # TerminateOnNaN ended it, or no epoch had a finite loss to keep
+        raise TrainingDiverged(f"{workdir}: the training diverged (its loss became NaN"
+                               + (f" at epoch {diverged[0]}" if diverged else "")
+                               + "); train again with a lower --lr in a new --workdir")
     return best, sitting.seconds
+
+
+def _finite_losses(logs: dict) -> bool:
+    """Whether an epoch's training and validation losses are numbers (a diverged run's are NaN)."""
+    return all(math.isfinite(logs.get(k, 0.0)) for k in ("loss", "val_loss"))
 
 
 def _sitting_line(first: int, schedule: int, command: str | None = None) -> dict:
@@ -200,23 +218,50 @@ def read_history(workdir: Path) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
-def write_outputs(model_path: Path, out: Path, name: str, record: dict) -> Path:
-    """Saves the model, without optimizer state, to ``out/name.keras`` with its sidecar ``out/name.json``."""
+def write_outputs(model_path: Path | str, out: Path, name: str, record: dict, model=None) -> Path:
+    """Saves the model of ``model_path`` (or ``model``), without optimizer state, to ``out/name.keras``
+    with its sidecar ``out/name.json``, each file written whole. A file there already holding the same
+    network and weights is kept as it is: Keras stamps each save with its date, so saving it again
+    would change its sha256 (a shipped model's is pinned) for the same model."""
     import keras
+
+    from models.registry import replaced_whole
 
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{name}.keras"
     # Loading uncompiled drops the optimizer's moments: a third of the size of the checkpoint.
-    keras.models.load_model(model_path, compile=False).save(target)
+    model = model if model is not None else keras.models.load_model(model_path, compile=False)
+    if _same_model(target, model):
+        LOG.info("%s holds this model already; kept", target)
+    else:
+        with replaced_whole(target) as part:
+            model.save(part)
     return write_sidecar(target, record)
+
+
+def _same_model(path: Path, model) -> bool:
+    """Whether the ``.keras`` file ``path`` holds ``model``'s network with its weights."""
+    import keras
+
+    if not path.is_file():
+        return False
+    try:
+        kept = keras.models.load_model(path, compile=False)
+    except Exception:  # a file cut short or of another kind: written anew
+        return False
+    return kept.to_json() == model.to_json() and len(kept.weights) == len(model.weights) and all(
+        np.array_equal(a, b) for a, b in zip(kept.get_weights(), model.get_weights()))
 
 
 def write_sidecar(target: Path, record: dict) -> Path:
     """Adds the sha256 and size of the saved model ``target`` to ``record`` and writes it beside it
-    as ``target.json``; returns ``target``."""
+    as ``target.json`` (whole); returns ``target``."""
+    from models.registry import replaced_whole
+
     record["sha256"] = sha256_of(target)
     record["bytes"] = target.stat().st_size
-    target.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    with replaced_whole(target.with_suffix(".json")) as part:
+        Path(part).write_text(json.dumps(record, indent=2) + "\n")
     LOG.info("wrote %s (sha256 %s)", target, record["sha256"])
     return target
 
@@ -503,36 +548,36 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--workdir", default=f"runs/{defaults['name']}", help="checkpoints; rerun to resume")
         s.add_argument("--out", default="models/weights", help="where the best model and its record go")
         s.add_argument("--name", default=defaults["name"], help="file name (without .keras) of the model")
-        s.add_argument("--epochs", type=int, default=defaults["epochs"], help="epochs in the schedule")
-        s.add_argument("--stop_after", type=int, default=0,
+        s.add_argument("--epochs", type=number(int, at_least=1), default=defaults["epochs"], help="epochs in the schedule")
+        s.add_argument("--stop_after", type=number(int, at_least=0), default=0,
                        help="end this sitting after this many epochs of the schedule (0: all); rerun to go on")
-        s.add_argument("--batch_size", type=int, default=128, help="training batch size")
-        s.add_argument("--lr", type=float, default=defaults["lr"], help="peak learning rate (AdamW, cosine)")
-        s.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
-        s.add_argument("--dropout", type=float, default=defaults["dropout"], help="dropout before the head")
+        s.add_argument("--batch_size", type=number(int, at_least=1), default=128, help="training batch size")
+        s.add_argument("--lr", type=number(above=0), default=defaults["lr"], help="peak learning rate (AdamW, cosine)")
+        s.add_argument("--weight_decay", type=number(at_least=0), default=1e-4, help="AdamW weight decay")
+        s.add_argument("--dropout", type=number(at_least=0, below=1), default=defaults["dropout"], help="dropout before the head")
         s.add_argument("--arch", default="vgg", choices=("vgg", "small", "resnet"), help="backbone")
-        s.add_argument("--widths", type=int, nargs="+", default=defaults["widths"], help="filters per block")
+        s.add_argument("--widths", type=number(int, at_least=1), nargs="+", default=defaults["widths"], help="filters per block")
         s.add_argument("--init", default=None,
                        help="start from this model's weights (a name in models/weights, or a .keras path with its "
                             "sidecar) with a fresh schedule: a warm restart of a finished model; same network")
         s.add_argument("--no_augment", action="store_true", help="train without augmentation")
         s.add_argument("--seed", type=int, default=1, help="random seed (data order, init, augmentation)")
-        s.add_argument("--threads", type=int, default=0, help="TF intra-op threads (0: all cores)")
-        s.add_argument("--workers", type=int, default=1, help="threads preparing (augmenting) batches")
-        s.add_argument("--limit", type=int, default=0, help="use only the first N faces (smoke runs)")
-        s.add_argument("--adv_multiplier", type=float, default=0.0,
+        s.add_argument("--threads", type=number(int, at_least=0), default=0, help="TF intra-op threads (0: all cores)")
+        s.add_argument("--workers", type=number(int, at_least=1), default=1, help="threads preparing (augmenting) batches")
+        s.add_argument("--limit", type=number(int, at_least=0), default=0, help="use only the first N faces (smoke runs)")
+        s.add_argument("--adv_multiplier", type=number(at_least=0), default=0.0,
                        help="weight of the adversarial loss (0: off); e.g. 0.3 with --adv_step 0.01")
-        s.add_argument("--adv_step", type=float, default=FGSM_EPS,
+        s.add_argument("--adv_step", type=number(above=0), default=FGSM_EPS,
                        help="adversarial step on the [0, 1] pixel scale (also the FGSM eps the emotion record reports)")
         if task == "emotion":
             s.add_argument("--label_set", default="7", choices=sorted(fdata.LABEL_SETS), help="7, 6 or 5 classes")
             s.add_argument("--class_weight", action="store_true", help="weight the loss by inverse class frequency")
-            s.add_argument("--oversample", type=float, default=0.0,
+            s.add_argument("--oversample", type=number(at_least=0), default=0.0,
                            help="repeat minority classes up to this fraction of the largest class")
             s.add_argument("--clean", action="store_true", help="drop FER+ 'not a face' images")
             s.add_argument("--soft_labels", action="store_true", help="train on FER+ vote distributions")
-            s.add_argument("--label_smoothing", type=float, default=0.0, help="label smoothing")
-            s.add_argument("--swa_from", type=int, default=0,
+            s.add_argument("--label_smoothing", type=number(at_least=0, below=1), default=0.0, help="label smoothing")
+            s.add_argument("--swa_from", type=number(int, at_least=0), default=0,
                            help="keep each epoch's weights from this (1-based) one on and make their average, "
                                 "batch-norm statistics recomputed, the model where it beats the best epoch (0: off)")
             s.add_argument("--teacher", nargs="+", default=None, metavar="MODEL",
@@ -540,13 +585,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 "sidecars): train on a mix of the labels and their mean output (models.distill)")
             s.add_argument("--teacher_tta", default="multi", choices=TTA_MODES,
                            help="views each teacher's output is averaged over")
-            s.add_argument("--teacher_temperature", type=float, default=1.0,
+            s.add_argument("--teacher_temperature", type=number(above=0), default=1.0,
                            help="soften (above 1) or sharpen the teachers' output before mixing")
-            s.add_argument("--distill", type=float, default=0.5,
+            s.add_argument("--distill", type=number(at_least=0, at_most=1), default=0.5,
                            help="weight of the teachers' output in the training targets, the labels' is 1 minus it")
         else:
-            s.add_argument("--size", type=int, default=64, help="input side in pixels")
-            s.add_argument("--age_loss_weight", type=float, default=0.05, help="weight of the age loss")
+            s.add_argument("--size", type=number(int, at_least=16), default=64, help="input side in pixels")
+            s.add_argument("--age_loss_weight", type=number(at_least=0), default=0.05, help="weight of the age loss")
     from models.embedding import add_arguments
 
     add_arguments(sub.add_parser("emotion-embedding", help="small classifier on an emotion model's embedding"))
@@ -570,13 +615,18 @@ class RecipeMismatch(ValueError):
     """A --workdir holding a run trained with other settings."""
 
 
+class TrainingDiverged(ValueError):
+    """A run whose loss became NaN or infinite: nothing it trained is kept as a model."""
+
+
 def check_recipe(workdir: Path, recipe: dict) -> None:
     """Records ``recipe`` (``parse_args``' settings) in ``workdir`` at its first sitting; later
-    sittings must give the same ones (``--epochs`` and ``--name`` aside), or their record would
+    sittings, once an epoch is trained, must give the same ones (``--epochs`` and ``--name`` aside), or their record would
     describe a model trained otherwise. Raises RecipeMismatch naming the settings that differ."""
     path = workdir / "recipe.json"
     recipe = json.loads(json.dumps(recipe))
-    if path.is_file():
+    # Until an epoch is trained the folder holds no run: a command corrected after a failed start goes on.
+    if path.is_file() and read_history(workdir):
         kept = json.loads(path.read_text())
         changed = sorted(k for k in set(kept) | set(recipe) if k not in _MAY_CHANGE and kept.get(k) != recipe.get(k))
         if changed:
@@ -593,6 +643,13 @@ def check_recipe(workdir: Path, recipe: dict) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     """Trains the recipe of ``parse_args``' result and returns its sidecar record."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK | os.X_OK):  # found now, not after the training
+        raise PermissionError(f"--out {out}: not a folder this user can write to")
+    if not (Path(args.data_dir)).is_dir():
+        raise FileNotFoundError(f"--data_dir {args.data_dir}: no such folder (it holds fer2013/ and utkface/, "
+                                "see models/data.py)")
     check_recipe(Path(args.workdir), args.recipe)
     if args.task == "emotion-embedding":
         from models.embedding import train_emotion_embedding
@@ -609,9 +666,11 @@ def main(argv: list[str] | None = None) -> int:
     # (2 cores), a third of the CPU time spent in the kernel before.
     os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     set_threads(args.threads)
+    from models.registry import ModelIntegrityError
+
     try:
         run(args)
-    except RecipeMismatch as e:
+    except (ValueError, OSError, ModelIntegrityError) as e:  # RecipeMismatch and TrainingDiverged too
         print(f"models.train: error: {e}", file=sys.stderr)
         return 2
     return 0

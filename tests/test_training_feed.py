@@ -262,7 +262,7 @@ def test_warm_start_copies_a_models_weights_and_the_card_lists_its_commands_firs
                                                 "validation data kept.")
 
 
-def _fit_in_sittings(workdir, stops, x, y, dropout=0.0):
+def _fit_in_sittings(workdir, stops, x, y, dropout=0.0, epochs=3):
     """A tiny network fitted for 3 epochs in sittings ending after ``stops`` epochs (0: the rest);
     returns its history's losses."""
     import keras
@@ -275,7 +275,7 @@ def _fit_in_sittings(workdir, stops, x, y, dropout=0.0):
         keras.utils.set_random_seed(1)  # as every sitting of a recipe does
         model = emotion_net(widths=(4, 8), dropout=dropout)
         model.compile(optimizer="adam", loss="categorical_crossentropy")
-        fit_resumable(model, Batches(x, y, batch_size=4, shuffle=True, seed=1), Batches(x, y, batch_size=4), 3,
+        fit_resumable(model, Batches(x, y, batch_size=4, shuffle=True, seed=1), Batches(x, y, batch_size=4), epochs,
                       workdir, "val_loss", "min", stop_after=stop)
     return [round(h["loss"], 6) for h in read_history(workdir)]
 
@@ -325,6 +325,10 @@ def test_a_workdir_refuses_other_settings(tmp_path, capsys):
 
     argv = ["emotion", "--workdir", str(tmp_path / "w"), "--limit", "10", "--epochs", "1"]
     train.check_recipe(tmp_path / "w", train.parse_args(argv).recipe)
+    # a start that failed before its first epoch (a mistyped --init, say) holds no run: corrected, it goes on
+    train.check_recipe(tmp_path / "w", train.parse_args([*argv, "--label_set", "5"]).recipe)
+    train.check_recipe(tmp_path / "w", train.parse_args(argv).recipe)
+    (tmp_path / "w" / "history.csv").write_text("epoch,loss,val_loss\n0,1.9,1.8\n")  # an epoch trained
     train.check_recipe(tmp_path / "w", train.parse_args([*argv[:-1], "5", "--name", "longer"]).recipe)  # may grow
     with pytest.raises(ValueError, match="label_set: '7' there, '5' now"):
         train.check_recipe(tmp_path / "w", train.parse_args([*argv, "--label_set", "5"]).recipe)
@@ -341,3 +345,95 @@ def test_training_caches_are_whole_or_computed_again(tmp_path):
     path.write_bytes(path.read_bytes()[:40])  # cut short by a kill
     assert load_cache(path) is None and load_cache(tmp_path / "none.npz") is None
     assert [p.name for p in path.parent.iterdir()] == ["features.npz"]
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--epochs", "0"), ("--epochs", "-2"), ("--stop_after", "-1"), ("--batch_size", "0"), ("--lr", "nan"),
+    ("--lr", "0"), ("--dropout", "1.5"), ("--dropout", "1"), ("--widths", "0"), ("--limit", "-5"),
+    ("--label_smoothing", "3"), ("--oversample", "-1"), ("--distill", "1.5"), ("--teacher_temperature", "0"),
+    ("--weight_decay", "inf"), ("--workers", "0"), ("--epochs", "two"),
+])
+def test_training_settings_out_of_range_are_refused_before_anything_runs(option, value, capsys):
+    from models import train
+
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(["emotion", option, value])
+    assert e.value.code == 2 and f"argument {option}: '{value}' is not a" in capsys.readouterr().err
+
+
+def test_embedding_views_and_age_gender_size_are_checked(capsys):
+    from models import train
+
+    for argv in (["emotion-embedding", "--views", "0"], ["age-gender", "--size", "8"]):
+        with pytest.raises(SystemExit):
+            train.parse_args(argv)
+        assert "is not a whole number, at least" in capsys.readouterr().err
+
+
+def test_missing_data_and_an_unwritable_out_are_errors_before_training(tmp_path, capsys):
+    from models import train
+
+    argv = ["emotion", "--workdir", str(tmp_path / "w"), "--epochs", "1", "--limit", "10"]
+    assert train.main([*argv, "--data_dir", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "--data_dir" in capsys.readouterr().err and not (tmp_path / "w").exists()
+    (tmp_path / "file").write_text("")
+    assert train.main([*argv, "--data_dir", str(tmp_path), "--out", str(tmp_path / "file" / "o")]) == 2
+    assert "models.train: error:" in capsys.readouterr().err
+
+
+def test_a_schedule_can_grow_but_not_shrink(tmp_path):
+    from models.train import RecipeMismatch
+
+    x = _faces(n=24, size=48, channels=1)
+    y = np.eye(7, dtype=np.float32)[np.arange(24) % 7]
+    _fit_in_sittings(tmp_path / "w", [0], x, y)  # 3 epochs
+    with pytest.raises(RecipeMismatch, match="holds 3 trained epochs; a schedule can only grow"):
+        _fit_in_sittings(tmp_path / "w", [0], x, y, epochs=2)
+
+
+def test_a_diverged_run_is_an_error_and_keeps_no_model(tmp_path):
+    import keras
+
+    from models.feed import Batches
+    from models.networks import emotion_net
+    from models.train import TrainingDiverged, fit_resumable, read_history
+
+    x = _faces(n=24, size=48, channels=1)
+    y = np.eye(7, dtype=np.float32)[np.arange(24) % 7]
+    keras.utils.set_random_seed(1)
+    model = emotion_net(widths=(4, 8), dropout=0.0)
+    model.compile(optimizer=keras.optimizers.SGD(1e30), loss="categorical_crossentropy")
+    with pytest.raises(TrainingDiverged, match="diverged .* lower --lr"):
+        fit_resumable(model, Batches(x, y, batch_size=4), Batches(x, y, batch_size=4), 3, tmp_path / "w",
+                      "val_loss", "min")
+    assert len(read_history(tmp_path / "w")) == 1 and not (tmp_path / "w" / "best.keras").exists()
+
+
+def test_writing_the_same_model_again_keeps_its_file(tmp_path):
+    """Keras stamps each save with its date: a finished command run again must not change a pinned sha256."""
+    import keras
+
+    from models.networks import emotion_net
+    from models.registry import sha256_of
+    from models.train import write_outputs
+
+    keras.utils.set_random_seed(0)
+    model = emotion_net(widths=(4, 8), dropout=0.0)
+    target = write_outputs(None, tmp_path, "m", {"task": "emotion"}, model=model)
+    sha = sha256_of(target)
+    import time
+
+    time.sleep(1.1)
+    assert sha256_of(write_outputs(None, tmp_path, "m", {"task": "emotion"}, model=model)) == sha
+    model.layers[-1].set_weights([w + 1 for w in model.layers[-1].get_weights()])
+    target = write_outputs(None, tmp_path, "m", {"task": "emotion"}, model=model)
+    assert sha256_of(target) != sha and json.loads(target.with_suffix(".json").read_text())["sha256"] == sha256_of(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.keras"]  # whole files only
+
+
+def test_a_rows_own_flag_is_refused_abbreviated_too(tmp_path):
+    from models.runs import run_recipe
+
+    for flag in ("--stop_after", "--stop", "--out=x", "--wo"):
+        with pytest.raises(ValueError, match="are set per row"):
+            run_recipe(["emotion", flag, "1"], tmp_path)

@@ -260,3 +260,27 @@ def test_every_ablation_row_is_a_valid_recipe(tmp_path):
     assert differs["adversarial"] == {"adv_multiplier"} and differs["label_set_5"] == {"label_set"}
     assert all(len(d) == 1 for n, d in differs.items() if n not in ("baseline", "tta", "temperature"))
     assert recipes["embedding_mlp"]["task"] == "emotion-embedding"
+
+
+def test_a_diverged_combination_is_a_row_of_the_search_not_its_end(fer_dir, tmp_path):
+    from models import search
+
+    argv = ["emotion", "--lr", "1e6", "0.001", "--dropout", "0.2", "--widths", "4,8", "--epochs", "1",
+            "--workdir", str(tmp_path), "--data_dir", str(fer_dir), "--batch_size", "32"]
+    assert search.main(argv) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [(r["lr"], r.get("diverged", False)) for r in rows] == [(1e6, True), (0.001, False)]
+    assert rows[0]["accuracy"] is None and 0 <= rows[1]["accuracy"] <= 1
+    md = (tmp_path / "results.md").read_text().splitlines()
+    assert md[-1] == "| 1e+06 | 4-8 | 0.2 | diverged (loss NaN) | - | - | - | - | - |"  # last, below the trained
+
+
+def test_ablation_results_leave_out_rows_made_with_other_settings(fer_dir, tmp_path):
+    from models import ablate
+
+    out = tmp_path / "results.json"
+    common = ["emotion", "--workdir", str(tmp_path / "ab"), "--out", str(out), "--data_dir", str(fer_dir), *TINY]
+    assert ablate.main([*common, "--epochs", "1", "--only", "baseline"]) == 0
+    assert ablate.main([*common, "--epochs", "1", "--seed", "5", "--only", "no_augment"]) == 0
+    results = json.loads(out.read_text())
+    assert results["seed"] == 5 and [r["name"] for r in results["rows"]] == ["no_augment"]
