@@ -146,12 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.ablate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=("emotion",), help="which recipe to ablate")
-    p.add_argument("--epochs", type=number(int, at_least=1), required=True, help="the epoch budget every trained row shares")
+    p.add_argument("--epochs", type=number(int, at_least=1), required=True,
+                   help="the epoch budget every trained row shares")
     p.add_argument("--workdir", default="runs/ablate", help="one folder per row, and the cached rows")
     p.add_argument("--out", default=None, help="results JSON (default WORKDIR/results.json)")
     p.add_argument("--only", nargs="+", choices=list(ROWS), default=None, help="make only these rows")
     p.add_argument("--data_dir", default=None, help="folder holding fer2013/ (default: models.data's)")
-    p.add_argument("--limit", type=number(int, at_least=0), default=0, help="use only the first N faces of each file (smoke runs)")
+    p.add_argument("--limit", type=number(int, at_least=0), default=0,
+                   help="use only the first N faces of each file (smoke runs)")
     p.add_argument("--seed", type=int, default=1, help="the seed every row shares")
     p.add_argument("--threads", type=number(int, at_least=0), default=0, help="TF intra-op threads (0: all cores)")
     args, extra = p.parse_known_args(list(sys.argv[1:] if argv is None else argv))

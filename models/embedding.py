@@ -48,7 +48,8 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--lr", type=number(above=0), default=1e-3, help="peak learning rate (AdamW, cosine)")
     s.add_argument("--weight_decay", type=number(at_least=0), default=1e-4, help="AdamW weight decay")
     s.add_argument("--hidden", type=number(int, at_least=1), default=256, help="units of the MLP's hidden layer")
-    s.add_argument("--dropout", type=number(at_least=0, below=1), default=0.5, help="dropout on the features and the hidden layer")
+    s.add_argument("--dropout", type=number(at_least=0, below=1), default=0.5,
+                   help="dropout on the features and the hidden layer")
     s.add_argument("--views", type=number(int, at_least=1), default=1,
                    help="feature passes over the training faces: 1 plain, then augmented copies")
     s.add_argument("--label_set", default="7", choices=sorted(fdata.LABEL_SETS), help="7, 6 or 5 classes")

@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="emotion_ensemble", help="file name (without .keras) of the model")
     p.add_argument("--out", default="models/weights", help="where the model and its record go")
     p.add_argument("--data_dir", default=str(fdata.default_data_dir()), help="folder holding fer2013/")
-    p.add_argument("--limit", type=number(int, at_least=0), default=0, help="score only the first N PublicTest faces (smoke runs)")
+    p.add_argument("--limit", type=number(int, at_least=0), default=0,
+                   help="score only the first N PublicTest faces (smoke runs)")
     return p
 
 

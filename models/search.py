@@ -95,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=number(above=0), nargs="+", default=[2e-3], help="peak learning rates")
     p.add_argument("--widths", type=_widths, nargs="+", default=[[32, 64, 128, 256]],
                    help="filters per block, one comma-separated list per choice")
-    p.add_argument("--dropout", type=number(at_least=0, below=1), nargs="+", default=[0.4], help="dropout rates before the head")
-    p.add_argument("--epochs", type=number(int, at_least=1), required=True, help="epochs of every combination's schedule")
+    p.add_argument("--dropout", type=number(at_least=0, below=1), nargs="+", default=[0.4],
+                   help="dropout rates before the head")
+    p.add_argument("--epochs", type=number(int, at_least=1), required=True,
+                   help="epochs of every combination's schedule")
     p.add_argument("--workdir", default="runs/search", help="one folder per combination, and the results")
     p.add_argument("--threads", type=number(int, at_least=0), default=0, help="TF intra-op threads (0: all cores)")
     args, extra = p.parse_known_args(list(sys.argv[1:] if argv is None else argv))

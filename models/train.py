@@ -38,7 +38,8 @@ LOG = logging.getLogger("facebeam.train")
 
 __all__ = [
     "main", "parse_args", "run", "train_emotion", "train_age_gender", "emotion_predict", "age_gender_predict",
-    "fit_resumable", "check_recipe", "RecipeMismatch", "TrainingDiverged", "read_history", "read_sittings", "write_outputs", "write_sidecar", "emotion_record", "emotion_faces",
+    "fit_resumable", "check_recipe", "RecipeMismatch", "TrainingDiverged", "read_history", "read_sittings",
+    "write_outputs", "write_sidecar", "emotion_record", "emotion_faces",
     "cosine_schedule", "train_seconds", "set_threads", "inverse_frequency_weights", "FGSM_EPS",
 ]
 
@@ -548,23 +549,28 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--workdir", default=f"runs/{defaults['name']}", help="checkpoints; rerun to resume")
         s.add_argument("--out", default="models/weights", help="where the best model and its record go")
         s.add_argument("--name", default=defaults["name"], help="file name (without .keras) of the model")
-        s.add_argument("--epochs", type=number(int, at_least=1), default=defaults["epochs"], help="epochs in the schedule")
+        s.add_argument("--epochs", type=number(int, at_least=1), default=defaults["epochs"],
+                       help="epochs in the schedule")
         s.add_argument("--stop_after", type=number(int, at_least=0), default=0,
                        help="end this sitting after this many epochs of the schedule (0: all); rerun to go on")
         s.add_argument("--batch_size", type=number(int, at_least=1), default=128, help="training batch size")
         s.add_argument("--lr", type=number(above=0), default=defaults["lr"], help="peak learning rate (AdamW, cosine)")
         s.add_argument("--weight_decay", type=number(at_least=0), default=1e-4, help="AdamW weight decay")
-        s.add_argument("--dropout", type=number(at_least=0, below=1), default=defaults["dropout"], help="dropout before the head")
+        s.add_argument("--dropout", type=number(at_least=0, below=1), default=defaults["dropout"],
+                       help="dropout before the head")
         s.add_argument("--arch", default="vgg", choices=("vgg", "small", "resnet"), help="backbone")
-        s.add_argument("--widths", type=number(int, at_least=1), nargs="+", default=defaults["widths"], help="filters per block")
+        s.add_argument("--widths", type=number(int, at_least=1), nargs="+", default=defaults["widths"],
+                       help="filters per block")
         s.add_argument("--init", default=None,
                        help="start from this model's weights (a name in models/weights, or a .keras path with its "
                             "sidecar) with a fresh schedule: a warm restart of a finished model; same network")
         s.add_argument("--no_augment", action="store_true", help="train without augmentation")
         s.add_argument("--seed", type=int, default=1, help="random seed (data order, init, augmentation)")
         s.add_argument("--threads", type=number(int, at_least=0), default=0, help="TF intra-op threads (0: all cores)")
-        s.add_argument("--workers", type=number(int, at_least=1), default=1, help="threads preparing (augmenting) batches")
-        s.add_argument("--limit", type=number(int, at_least=0), default=0, help="use only the first N faces (smoke runs)")
+        s.add_argument("--workers", type=number(int, at_least=1), default=1,
+                       help="threads preparing (augmenting) batches")
+        s.add_argument("--limit", type=number(int, at_least=0), default=0,
+                       help="use only the first N faces (smoke runs)")
         s.add_argument("--adv_multiplier", type=number(at_least=0), default=0.0,
                        help="weight of the adversarial loss (0: off); e.g. 0.3 with --adv_step 0.01")
         s.add_argument("--adv_step", type=number(above=0), default=FGSM_EPS,
@@ -621,8 +627,9 @@ class TrainingDiverged(ValueError):
 
 def check_recipe(workdir: Path, recipe: dict) -> None:
     """Records ``recipe`` (``parse_args``' settings) in ``workdir`` at its first sitting; later
-    sittings, once an epoch is trained, must give the same ones (``--epochs`` and ``--name`` aside), or their record would
-    describe a model trained otherwise. Raises RecipeMismatch naming the settings that differ."""
+    sittings, once an epoch is trained, must give the same ones (``--epochs`` and ``--name`` aside),
+    or their record would describe a model trained otherwise. Raises RecipeMismatch naming the
+    settings that differ."""
     path = workdir / "recipe.json"
     recipe = json.loads(json.dumps(recipe))
     # Until an epoch is trained the folder holds no run: a command corrected after a failed start goes on.

@@ -427,7 +427,8 @@ def test_writing_the_same_model_again_keeps_its_file(tmp_path):
     assert sha256_of(write_outputs(None, tmp_path, "m", {"task": "emotion"}, model=model)) == sha
     model.layers[-1].set_weights([w + 1 for w in model.layers[-1].get_weights()])
     target = write_outputs(None, tmp_path, "m", {"task": "emotion"}, model=model)
-    assert sha256_of(target) != sha and json.loads(target.with_suffix(".json").read_text())["sha256"] == sha256_of(target)
+    assert sha256_of(target) != sha
+    assert json.loads(target.with_suffix(".json").read_text())["sha256"] == sha256_of(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.keras"]  # whole files only
 
 
