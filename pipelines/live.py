@@ -39,7 +39,7 @@ from transforms.inference import model_inputs
 from transforms.records import FaceCrop, Frame
 from transforms.sinks import FACES_SCHEMA, RunInfo, face_row
 from transforms.tracking import MAX_SHIFT, Smoother, Tracker
-from transforms.video import DEFAULT_FPS, declared_frames, frame_time, truncation
+from transforms.video import DEFAULT_FPS, container_fps, declared_frames, frame_time, truncation
 
 __all__ = [
     "LiveOptions", "LiveFace", "LiveStats", "SourceFrame", "LatestFrame", "LiveAnalyzer", "FaceLog",
@@ -201,7 +201,7 @@ class _FileReader:
 
     def __init__(self, cap: cv2.VideoCapture, fps: float, max_frames: int, wanted):
         self._cap, self._fps, self._max_frames, self._wanted = cap, fps, max_frames, wanted
-        self._declared = declared_frames(cap)
+        self._declared, self._declared_fps = declared_frames(cap), container_fps(cap)
         self.frames_read = 0
         self.problem: str | None = None
 
@@ -210,7 +210,7 @@ class _FileReader:
         while not self._max_frames or self.frames_read < self._max_frames:
             index = self.frames_read
             if not self._cap.grab():
-                self.problem = truncation(index, self._declared, self._fps, reached_s)
+                self.problem = truncation(index, self._declared, self._fps, reached_s, self._declared_fps)
                 return
             self.frames_read += 1
             reached_s = frame_time(self._cap, index, self._fps)

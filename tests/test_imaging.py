@@ -152,3 +152,16 @@ def test_retarget_matches_direct_alignment():
 def test_box_eyes_inside_box():
     eyes = imaging.box_eyes(np.array([10.0, 20.0, 110.0, 140.0]), "haar")
     assert (eyes[:, 0] > 10).all() and (eyes[:, 0] < 110).all() and eyes[0, 0] < eyes[1, 0]
+
+
+@pytest.mark.parametrize("ext", [".hdr", ".pfm", ".pam"])
+def test_content_whose_size_no_header_tells_is_refused_not_decoded(ext):
+    # OpenCV decodes these by content under any name, and none has a header read here: --max_pixels
+    # could not be checked, so they are refused.
+    rgb = gradient_image(30, 40)
+    ok, buf = cv2.imencode(ext, rgb.astype(np.float32) / 255 if ext == ".pfm" else rgb)
+    assert ok and cv2.imdecode(buf, cv2.IMREAD_COLOR) is not None
+    assert imaging.probe_image_size(buf.tobytes()) is None
+    with pytest.raises(imaging.ImageError, match="not an image in a supported format|not an image: the file holds"):
+        imaging.decode_image(buf.tobytes())
+

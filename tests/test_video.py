@@ -109,3 +109,122 @@ def test_timestamps_are_the_frames_own_with_a_variable_frame_rate(tmp_path):
     assert stamps == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 1.4, 2.4, 3.4])
     parts = [t for s, e in video.split_ranges(info.frame_count, 3) for _, t, _ in video.read_frames(path, info.fps, 0, 0, s, e)]
     assert parts == stamps
+
+
+def _variable_rate_mp4(tmp_path, slow: int = 60, fast: int = 60) -> str:
+    """An mp4v MP4 whose time-to-sample table says frames 0..slow-1 last 1/10 s and the next ``fast``
+    1/30 s (OpenCV writes one rate; the 'stts' box is rewritten); frame i shows i in binary, as black
+    and white stripes (``_frame_number``)."""
+    import struct
+
+    import cv2
+    import numpy as np
+
+    path = tmp_path / "vfr.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (112, 64))
+    for i in range(slow + fast):
+        writer.write(np.repeat(np.array([[255 * ((i >> b) & 1) for b in range(7)]], np.uint8), 16, 1)
+                     .repeat(64, 0)[..., None].repeat(3, 2))
+    writer.release()
+    data = bytearray(path.read_bytes())
+    parents, pos, end = [], 0, len(data)
+    while True:  # down moov/trak/mdia/minf/stbl to stts (OpenCV writes one track, moov after mdat)
+        size, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"stts":
+            break
+        if kind in (b"moov", b"trak", b"mdia", b"minf", b"stbl"):
+            parents.append(pos)
+            pos, end = pos + 8, pos + size
+        else:
+            pos += size
+            assert pos < end
+    mdhd = bytes(data).index(b"mdhd") - 4
+    timescale = struct.unpack(">I", data[mdhd + 20:mdhd + 24])[0]
+    body = struct.pack(">IIIIII", 0, 2, slow, timescale // 10, fast, timescale // 30)
+    box = struct.pack(">I4s", 8 + len(body), b"stts") + body
+    grow = len(box) - size
+    data[pos:pos + size] = box
+    for parent in parents:
+        data[parent:parent + 4] = struct.pack(">I", struct.unpack(">I", data[parent:parent + 4])[0] + grow)
+    path.write_bytes(bytes(data))
+    return str(path)
+
+
+def _frame_number(rgb) -> int:
+    return sum(1 << b for b in range(7) if rgb[:, 16 * b + 4:16 * b + 12].mean() > 127)
+
+
+def test_only_a_constant_frame_rate_is_split(tmp_path):
+    assert video.constant_frame_rate(str(write_video(tmp_path / "v.mp4", 20)))
+    assert video.constant_frame_rate(str(write_video(tmp_path / "v.avi", 20, fourcc="MJPG")))
+    vfr = _variable_rate_mp4(tmp_path)
+    assert not video.constant_frame_rate(vfr)
+    (tmp_path / "t.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + b"\x00" * 16)  # no moov
+    assert not video.constant_frame_rate(str(tmp_path / "t.mp4"))
+    assert not video.constant_frame_rate(str(tmp_path / "missing.mp4"))
+
+
+def test_ranges_of_a_variable_rate_video_read_the_frames_of_the_whole(tmp_path):
+    # A seek goes to index / rate seconds, which in a variable-rate stream is another frame: ranges
+    # read from the start instead, so every frame keeps its index and none is read twice.
+    path = _variable_rate_mp4(tmp_path)
+    info = video.probe_video(path)
+    whole = [(i, t, _frame_number(rgb)) for i, t, rgb in video.read_frames(path, info.fps, 0, 0)]
+    assert [k for _, _, k in whole] == list(range(120)) and [i for i, _, _ in whole] == list(range(120))
+    assert whole[60][1] == pytest.approx(6.0, abs=0.01) and whole[90][1] == pytest.approx(7.0, abs=0.01)
+    parts = [(i, t, _frame_number(rgb)) for s, e in video.split_ranges(120, 40)
+             for i, t, rgb in video.read_frames(path, info.fps, 0, 0, s, e)]
+    assert parts == whole
+
+
+def test_frames_over_max_pixels_are_refused_before_decoding(tmp_path):
+    import struct
+
+    # A 35-byte GIF whose screen is 12000x12000: FFmpeg would decode 430 MB per frame.
+    gif = (b"GIF89a" + struct.pack("<HHBBB", 12000, 12000, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+           + b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00\x3b")
+    (tmp_path / "bomb.gif").write_bytes(gif)
+    with pytest.raises(video.VideoError, match=r"frames of 12000x12000 pixels exceed --max_pixels=100000000"):
+        video.probe_video(str(tmp_path / "bomb.gif"), 100_000_000)
+    small = str(write_video(tmp_path / "v.mp4", 5, size=(96, 64)))
+    assert video.probe_video(small, 96 * 64).width == 96
+    with pytest.raises(video.VideoError, match="96x64 pixels exceed --max_pixels=6143"):
+        video.probe_video(small, 96 * 64 - 1)
+
+
+def test_a_high_speed_clip_keeps_its_rate_and_is_not_called_truncated(tmp_path):
+    # 400 frames at 2000/s last 0.2 s; the rate is measured from the frames' own times.
+    path = str(write_video(tmp_path / "fast.mp4", 400, fps=2000.0))
+    info = video.probe_video(path)
+    assert info.fps == pytest.approx(2000.0) and info.declared_fps == pytest.approx(2000.0)
+    got = list(video.read_frames(path, info.fps, 100.0, 0, declared=info.frame_count, declared_fps=info.declared_fps))
+    assert [i for i, _, _ in got] == list(range(0, 400, 20))
+
+
+def test_truncation_counts_the_declared_frames_at_the_containers_rate():
+    # A container reporting 1000/s (a time base) declares 20000 frames for 20 s; read at 25/s: 500 frames.
+    assert video.truncation(500, 20000, 25.0, reached_s=19.96, declared_fps=1000.0) is None
+    assert "(20.0 s) its container declares" in video.truncation(250, 20000, 25.0, reached_s=9.96, declared_fps=1000.0)
+
+
+def test_the_planner_splits_constant_rate_videos_and_refuses_oversized_frames(tmp_path):
+    from transforms.records import SourceTask
+    from transforms.sources import Listed, ReadOptions, _PlanTasksFn
+
+    def plan(path, **options):
+        fn = _PlanTasksFn(ReadOptions(video_chunk_seconds=2.0, **options))
+        return [(out.tag, out.value) if hasattr(out, "tag") else out
+                for out in fn.process(Listed(str(path), 1 << 30))]
+
+    def ranges(path):
+        return [(t.start_frame, t.end_frame) for t in plan(path) if isinstance(t, SourceTask)]
+
+    assert ranges(write_video(tmp_path / "cfr.mp4", 60, fps=10.0)) == [(0, 20), (20, 40), (40, None)]
+    assert ranges(_variable_rate_mp4(tmp_path)) == [(0, None)]
+    task = next(t for t in plan(write_video(tmp_path / "cfr.mp4", 60, fps=10.0)) if isinstance(t, SourceTask))
+    assert task.declared_frames == 60 and task.declared_fps == pytest.approx(10.0)
+    failed = [v for out in plan(tmp_path / "cfr.mp4", max_pixels=1000) if isinstance(out, tuple)
+              for tag, v in [out] if tag == "failed"]
+    assert [(e.stage, e.error) for e in failed] == [
+        ("decode", "VideoError: frames of 96x64 pixels exceed --max_pixels=1000; refused before decoding "
+                   "(raise the limit to read it)")]

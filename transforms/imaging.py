@@ -235,12 +235,18 @@ def decode_image(data: bytes, max_pixels: int = 100_000_000) -> np.ndarray:
     """Decodes image bytes to RGB uint8 (H, W, 3), upright per EXIF.
 
     Grey, palette, alpha, 16-bit and CMYK inputs are converted. Raises ImageError for empty,
-    truncated, oversized or non-image data, before decoding pixels where the header tells.
+    truncated, oversized or non-image data, and for data whose size no header tells (so
+    ``max_pixels`` could not be checked), before decoding pixels where the header tells.
     """
     if not data:
         raise ImageError("empty file (0 bytes)")
     size = probe_image_size(data)
-    if size is not None and size[0] * size[1] > max_pixels:
+    if size is None:
+        # OpenCV also decodes formats facebeam does not read (Radiance HDR, PFM, PAM, by content, whatever
+        # the file's name), some of them run-length coded: a few MB can declare a picture of gigapixels.
+        # What has no header Pillow or this module can read is refused rather than decoded unchecked.
+        raise ImageError(_decode_failure(data, None))
+    if size[0] * size[1] > max_pixels:
         raise ImageError(f"image of {size[0]}x{size[1]} pixels exceeds --max_pixels={max_pixels}; "
                          "refused before decoding (raise the limit to read it)")
     if data.startswith(_JPEG_SOI) and jpeg_truncated(data):
@@ -254,7 +260,7 @@ def decode_image(data: bytes, max_pixels: int = 100_000_000) -> np.ndarray:
 
 
 def _decode_failure(data: bytes, size: tuple[int, int] | None) -> str:
-    """The most specific reason we can give for data the decoder refused."""
+    """The most specific reason we can give for data the decoder refused, or whose size no header tells."""
     problem = png_problem(data)
     if problem:
         return problem
@@ -262,8 +268,8 @@ def _decode_failure(data: bytes, size: tuple[int, int] | None) -> str:
     if content and "image" not in content:
         return f"not an image: the file holds {content}"
     if size is not None or content:
-        return f"corrupt or truncated image ({content or 'header readable'}): the decoder could not read it"
-    return "not an image in a supported format: the decoder could not read it"
+        return f"corrupt or truncated image ({content or 'header readable'}): its header or pixels could not be read"
+    return "not an image in a supported format (JPEG, PNG, BMP, TIFF, WebP): no header of one was found"
 
 
 def detection_scale(width: int, height: int, min_face_size: float, max_side: int, detector_min_face: float = 20.0) -> float:

@@ -30,6 +30,7 @@ class SourceTask(NamedTuple):
     fps: float = 0.0
     last: bool = True  # the source's last task (progress reporting counts the file as done)
     declared_frames: int = 0  # the video's frame count as its container declares it (0: unknown)
+    declared_fps: float = 0.0  # the frame rate its container reports, which that count is in (0: none)
 
 
 class Frame(NamedTuple):

@@ -340,18 +340,20 @@ class _PlanTasksFn(beam.DoFn):
                 count("skipped")
                 return
             try:
-                info = video.probe_video(path)
+                info = video.probe_video(path, self._options.max_pixels)
             except video.VideoError as e:
                 count("errors_decode")
                 yield beam.pvalue.TaggedOutput(self.FAILED, ErrorRecord(entry.uri, "decode", f"VideoError: {e}"))
                 return
-        chunk = int(round(self._options.video_chunk_seconds * info.fps))
+            # Ranges start with a seek in time, which finds frame k of the whole at a constant rate only.
+            constant = video.constant_frame_rate(path)
+        chunk = int(round(self._options.video_chunk_seconds * info.fps)) if constant else 0
         # No more ranges than the file's size allows for (a small file may declare billions of frames).
         size = entry.size_bytes or 0
         ranges = video.split_ranges(info.frame_count, chunk, 1 + size // MIN_RANGE_BYTES if size else 0)
         for k, (start, end) in enumerate(ranges):
             yield SourceTask(entry.uri, "video", start, end, info.fps, last=k == len(ranges) - 1,
-                             declared_frames=info.frame_count)
+                             declared_frames=info.frame_count, declared_fps=info.declared_fps)
 
 
 class local_copy:
@@ -426,7 +428,7 @@ class _DecodeFn(beam.DoFn):
             with local_copy(task.uri) as path:
                 for index, ts, image in video.read_frames(
                         path, task.fps, self._options.video_fps, self._options.max_frames_per_video,
-                        task.start_frame, task.end_frame, task.declared_frames):
+                        task.start_frame, task.end_frame, task.declared_frames, task.declared_fps):
                     n += 1
                     yield Frame(task.uri, "video", index, ts, image)
         count("frames", n)

@@ -3,6 +3,9 @@
 Sampling at ``rate`` frames/s keeps the first frame of each ``1 / rate`` interval of frame indices
 at the container's (average) frame rate, so the choice of a frame depends on its index alone and a
 video split into ranges samples exactly the frames of the whole. Timestamps are the frames' own.
+Ranges start with a seek, which OpenCV makes in time (index / rate): only a video whose container
+says it has a constant frame rate (``constant_frame_rate``) is split, since in a variable-rate one
+frame ``k`` of a front-to-back read is not at ``k / rate`` seconds.
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ import numpy as np
 
 from transforms.imaging import describe_content
 
-__all__ = ["VideoError", "VideoInfo", "probe_video", "declared_frames", "frame_time", "video_problem", "sample_slot",
-           "is_sampled", "split_ranges", "truncation", "read_frames"]
+__all__ = ["VideoError", "VideoInfo", "probe_video", "declared_frames", "container_fps", "frame_time", "video_problem",
+           "constant_frame_rate", "sample_slot", "is_sampled", "split_ranges", "truncation", "read_frames"]
 
-# Frame rate assumed when a container reports none (OpenCV gives 0 or NaN for some streams).
+# Frame rate assumed when a container reports none (OpenCV gives 0 or NaN for some streams) and the
+# first two frames' presentation times do not tell it either.
 DEFAULT_FPS = 25.0
+# A reported rate from here up is taken for a time base, not a frame rate (Matroska and WebM streams
+# report 1000/s, their millisecond clock), and the rate is measured from the frames' own times.
+PLAUSIBLE_FPS = 1000.0
 
 
 class VideoError(ValueError):
@@ -29,10 +36,11 @@ class VideoError(ValueError):
 
 
 class VideoInfo(NamedTuple):
-    fps: float
+    fps: float  # the frame rate sampling counts in
     frame_count: int  # 0 when the container does not say
     width: int
     height: int
+    declared_fps: float = 0.0  # the rate the container reports (0: none), which its frame count is counted in
 
 
 def video_problem(path: str) -> str | None:
@@ -83,6 +91,81 @@ def _iso_media_problem(f, size: int) -> str | None:
     return None
 
 
+def constant_frame_rate(path: str) -> bool:
+    """True where the container says every frame lasts the same: an AVI (one rate in its header,
+    one chunk per frame), or an MP4/QuickTime file whose video track's time-to-sample table (ISO/IEC
+    14496-12 section 8.6.1.2) gives every frame but the last one duration. False for the rest
+    (Matroska, WebM, GIF, MPEG, ASF and fragmented MP4 keep times per frame or packet) and for
+    files that cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+                return True
+            if describe_content(head + f.read(500)) != "an MP4/QuickTime video":
+                return False
+            entries = _video_sample_durations(f, os.path.getsize(path))
+    except (OSError, struct.error):
+        return False
+    if entries and entries[-1][0] == 1:
+        entries = entries[:-1]  # the last frame's duration moves no frame's start
+    return bool(entries) and len({delta for _, delta in entries}) == 1 and entries[0][1] > 0
+
+
+# More time-to-sample entries than this is a variable rate for certain (equal ones are merged).
+_MAX_STTS_ENTRIES = 4096
+
+
+def _boxes(f, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, payload start, end) of the ISO media boxes in bytes ``[start, end)`` of a file."""
+    pos = start
+    while pos + 8 <= end:
+        f.seek(pos)
+        header = f.read(16)
+        if len(header) < 8:
+            return
+        box_size, box_type = struct.unpack(">I4s", header[:8])
+        header_len = 8
+        if box_size == 1 and len(header) == 16:
+            box_size, header_len = struct.unpack(">Q", header[8:16])[0], 16
+        elif box_size == 0:
+            box_size = end - pos
+        if box_size < header_len or pos + box_size > end:
+            return
+        yield box_type, pos + header_len, pos + box_size
+        pos += box_size
+
+
+def _child(f, start: int, end: int, box_type: bytes) -> tuple[int, int] | None:
+    return next(((s, e) for t, s, e in _boxes(f, start, end) if t == box_type), None)
+
+
+def _video_sample_durations(f, size: int) -> list[tuple[int, int]]:
+    """(sample count, duration) entries of the first video track's 'stts' box; [] where there is none."""
+    for box_type, start, end in _boxes(f, 0, size):
+        if box_type != b"moov":
+            continue
+        for trak_type, t_start, t_end in _boxes(f, start, end):
+            mdia = _child(f, t_start, t_end, b"mdia") if trak_type == b"trak" else None
+            hdlr = mdia and _child(f, *mdia, b"hdlr")
+            if not hdlr:
+                continue
+            f.seek(hdlr[0] + 8)  # version and flags, pre_defined, then the handler type
+            if f.read(4) != b"vide":
+                continue
+            minf = _child(f, *mdia, b"minf")
+            stbl = minf and _child(f, *minf, b"stbl")
+            stts = stbl and _child(f, *stbl, b"stts")
+            if not stts:
+                return []
+            f.seek(stts[0] + 4)
+            (n,) = struct.unpack(">I", f.read(4))
+            if n > _MAX_STTS_ENTRIES or stts[0] + 8 + 8 * n > stts[1]:
+                return []
+            return [struct.unpack(">II", f.read(8)) for _ in range(n)]
+    return []
+
+
 def _open(path: str) -> cv2.VideoCapture:
     cap = cv2.VideoCapture(path)
     if not cap.isOpened():
@@ -98,18 +181,37 @@ def declared_frames(cap: cv2.VideoCapture) -> int:
     return int(count) if count and math.isfinite(count) and count > 0 else 0
 
 
-def probe_video(path: str) -> VideoInfo:
-    """Frame rate, frame count and size; raises VideoError if no frame decodes."""
+def container_fps(cap: cv2.VideoCapture) -> float:
+    """The frame rate an opened capture's container reports; 0 where it gives none."""
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    return float(fps) if fps and math.isfinite(fps) and fps > 0 else 0.0
+
+
+def probe_video(path: str, max_pixels: int = 0) -> VideoInfo:
+    """Frame rate, frame count and size; raises VideoError if no frame decodes, or before decoding
+    one when the frames have more than ``max_pixels`` pixels (0: no limit).
+
+    The frame rate is the container's; where it reports none, or a time base for one (see
+    ``PLAUSIBLE_FPS``), it is measured between the first two frames' presentation times."""
     cap = _open(path)
     try:
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        fps = fps if fps and math.isfinite(fps) and 0 < fps < 1000 else DEFAULT_FPS
+        width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if max_pixels and width * height > max_pixels:
+            # A GIF of a few bytes may declare a 20000x20000 screen, which FFmpeg would decode.
+            raise VideoError(f"frames of {width}x{height} pixels exceed --max_pixels={max_pixels}; refused "
+                             "before decoding (raise the limit to read it)")
+        declared_fps = container_fps(cap)
         count = declared_frames(cap)
         ok, frame = cap.read()
         if not ok or frame is None:
             problem = video_problem(path)
             raise VideoError(f"video has no decodable frames{f': {problem}' if problem else ''}")
-        return VideoInfo(float(fps), count, frame.shape[1], frame.shape[0])
+        fps = declared_fps if declared_fps < PLAUSIBLE_FPS else 0.0
+        if not fps:
+            first = cap.get(cv2.CAP_PROP_POS_MSEC)
+            gap = cap.get(cv2.CAP_PROP_POS_MSEC) - first if cap.grab() else 0.0
+            fps = 1000.0 / gap if math.isfinite(gap) and gap > 0 else DEFAULT_FPS
+        return VideoInfo(float(fps), count, frame.shape[1], frame.shape[0], declared_fps)
     finally:
         cap.release()
 
@@ -139,37 +241,43 @@ def split_ranges(frame_count: int, chunk_frames: int, max_ranges: int = 0) -> li
     return [(s, e) for s, e in zip(starts, starts[1:])] + [(starts[-1], None)]
 
 
-def truncation(index: int, declared: int, fps: float, reached_s: float | None = None) -> str | None:
+def truncation(index: int, declared: int, fps: float, reached_s: float | None = None,
+               declared_fps: float = 0.0) -> str | None:
     """Why a stream that ends after ``index`` frames, the last starting at ``reached_s`` seconds, is
     cut short of the ``declared`` frames of its container, or None.
 
     Compared in time: some containers estimate their count from the duration at a nominal rate a
-    variable-rate stream does not keep, and up to 2 seconds or 5% short is not a truncation."""
+    variable-rate stream does not keep, and up to 2 seconds or 5% short is not a truncation. The
+    declared count lasts ``declared / declared_fps`` seconds at the rate the container reports
+    (``fps`` where it reports none), which is the rate OpenCV counted it in."""
     if declared <= 0:
         return None
     reached = index / fps if reached_s is None else max(reached_s, 0.0) + 1 / fps  # the end of the last frame
-    duration = declared / fps
+    duration = declared / (declared_fps or fps)
     if duration - reached <= max(2.0, 0.05 * duration):
         return None
     return (f"truncated video: the stream ends after {index} frames ({reached:.1f} s) of the {declared} "
             f"({duration:.1f} s) its container declares")
 
 
-def read_frames(path: str, fps: float, rate: float, max_frames: int, start: int = 0,
-                end: int | None = None, declared: int = 0) -> Iterator[tuple[int, float, np.ndarray]]:
+def read_frames(path: str, fps: float, rate: float, max_frames: int, start: int = 0, end: int | None = None,
+                declared: int = 0, declared_fps: float = 0.0) -> Iterator[tuple[int, float, np.ndarray]]:
     """Yields (frame index, timestamp s, RGB uint8 frame) for the sampled frames in ``[start, end)``.
 
     Frames are decoded one at a time; ``max_frames`` (0: no limit) caps the sampled frames of the
     whole video, counted from its start, so ranges honour it too. The timestamp is the frame's own
     (its presentation time, right for a variable frame rate), or ``index / fps`` where the stream
-    has none. Raises VideoError when the stream ends far short of the ``declared`` frame count.
+    has none. Raises VideoError when the stream ends far short of the ``declared`` frame count (at
+    the container's ``declared_fps``, see ``truncation``). Split only what ``constant_frame_rate`` says.
     """
     cap = _open(path)
     try:
         index, reached_s = 0, None
         if start > 0:
-            # Seek, and trust it only if the decoder lands exactly; otherwise walk from the start.
-            if cap.set(cv2.CAP_PROP_POS_FRAMES, start) and int(cap.get(cv2.CAP_PROP_POS_FRAMES)) == start:
+            # Seek where frame indices are times (a constant rate), and trust it only if the decoder
+            # lands exactly; otherwise walk from the start.
+            if (constant_frame_rate(path) and cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+                    and int(cap.get(cv2.CAP_PROP_POS_FRAMES)) == start):
                 index = start
             else:
                 cap.release()
@@ -180,7 +288,7 @@ def read_frames(path: str, fps: float, rate: float, max_frames: int, start: int 
             wanted = index >= start and is_sampled(index, fps, rate)
             ok = cap.grab()
             if not ok:
-                problem = truncation(index, declared, fps, reached_s)
+                problem = truncation(index, declared, fps, reached_s, declared_fps)
                 if problem:
                     raise VideoError(problem)
                 return
