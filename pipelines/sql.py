@@ -12,7 +12,8 @@
 The views scan the shards as one pyarrow dataset (``pipelines.summary.local_dataset``): file names
 are read as named (a directory called ``out[1]`` is not a pattern), and optional columns
 (``track_id``, ``crop_jpeg``) that only some shards carry read as NULL in the others. The views only
-read: the Parquet files are never changed. Only local directories are supported.
+read: the Parquet files are never changed. Only local directories are supported: a URI (``gs://...``)
+is refused with a message saying to copy its Parquet files to a local folder.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import TextIO
 import duckdb
 import pyarrow as pa
 
+from models.registry import is_uri
 from pipelines.summary import local_dataset, table_files
 
 __all__ = ["TABLES", "OPTIONAL_TABLES", "table_files", "sql_string", "connect", "views", "columns_of",
@@ -63,10 +65,15 @@ def _empty_view(con: duckdb.DuckDBPyConnection, name: str) -> None:
 def connect(output_dir: str | os.PathLike) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the views ``faces``, ``sources`` (and ``tracks`` if present).
 
-    Raises FileNotFoundError for a missing directory or one with neither faces nor sources files.
+    Raises FileNotFoundError for a missing directory, a URI, or a directory with neither faces nor sources
+    files.
     """
     output_dir = os.fspath(output_dir)
     if not os.path.isdir(output_dir):
+        if is_uri(output_dir):  # 'analyze' writes to gs://..., but DuckDB here reads local files only
+            raise FileNotFoundError(
+                f"{output_dir}: not a local directory; 'facebeam sql' and 'facebeam report' read a local "
+                f"output directory only: copy the run's *.parquet files from {output_dir} to a local folder first")
         what = "not a directory" if os.path.exists(output_dir) else "no such directory"
         raise FileNotFoundError(f"{output_dir}: {what}")
     found = {name: table_files(output_dir, name) for name in TABLES + OPTIONAL_TABLES}
@@ -181,6 +188,31 @@ def _stream(rel: duckdb.DuckDBPyRelation, chunk: int = 4096) -> Iterator[tuple]:
         yield from zip(*(column.to_pylist() for column in batch.columns))
 
 
+def _without_tail(query: str) -> str:
+    """``query`` without the comments and semicolons after its last statement (``SELECT ...; -- end``).
+
+    DuckDB's relation re-wraps the last statement's text as a subquery to draw a table, and there a ``;``
+    followed by a comment is a syntax error. The tail is found with DuckDB's own tokenizer, so a ``--``
+    inside a string or a quoted name stays; a query without such a tail is returned unchanged, and so is
+    one whose tail holds an unterminated ``/*`` (DuckDB reports that).
+    """
+    data = query.encode("utf-8")  # token positions are byte offsets into the UTF-8 text
+    tokens = duckdb.tokenize(query)
+    ends = [pos for pos, _ in tokens[1:]] + [len(data)]
+    cut = None
+    for (pos, kind), end in zip(reversed(tokens), reversed(ends)):
+        text = data[pos:end].strip()
+        if kind == duckdb.token_type.comment:
+            if text.startswith(b"/*") and (len(text) < 4 or not text.endswith(b"*/")):
+                return query
+        elif not (kind == duckdb.token_type.operator and text == b";"):
+            break
+        cut = pos
+    else:  # comments only, or nothing: no statement to keep
+        return query
+    return query if cut is None else data[:cut].decode("utf-8")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facebeam sql",
@@ -206,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         if not query.strip():
             raise ValueError("empty query")
         con = connect(args.output)
-        rel = con.sql(query)
+        rel = con.sql(_without_tail(query))
         if rel is None:  # a statement without a result (SET, CREATE TEMP VIEW, ...)
             return 0
         if args.format == "table":

@@ -364,3 +364,11 @@ def test_live_sessions_logged_into_one_folder_keep_their_tracks_apart(tmp_path):
                                                                                  ("live-b", 6, 3, 2)]
     _, page = _render(out, tmp_path)
     assert page.metric("video:camera:0@live-a:faces") == 9 and page.metric("video:camera:0@live-b:faces") == 6
+
+
+def test_a_uri_is_refused_with_what_to_do(tmp_path, capsys):
+    assert report.main(["gs://bucket/out/run1", "-o", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("facebeam report: error: ") and "no such directory" not in err
+    assert "copy the run's *.parquet files from gs://bucket/out/run1 to a local folder" in err
+    assert not (tmp_path / "r.html").exists()

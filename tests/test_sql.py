@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import duckdb
 import pyarrow as pa
@@ -184,3 +185,47 @@ def test_a_directory_without_output_exits_2(tmp_path, capsys):
     assert "no such directory" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):
         sql.connect(tmp_path)
+
+
+_COUNT = "SELECT count(*) AS n FROM faces"
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv"])
+@pytest.mark.parametrize("tail", [";\n-- end\n", "; -- end", "; /* end */", ";\n/* a */ -- b\n; ;\n"])
+def test_comments_after_the_last_semicolon_are_ignored(output, capsys, monkeypatch, fmt, tail):
+    """A table is drawn from the last statement's text: the ';' and comments after it must not reach it."""
+    assert sql.main([str(output), _COUNT, "--format", fmt]) == 0
+    expected = capsys.readouterr().out
+    assert sql.main([str(output), _COUNT + tail, "--format", fmt]) == 0
+    assert capsys.readouterr() == (expected, "")
+    monkeypatch.setattr("sys.stdin", io.StringIO(_COUNT + tail))  # as `printf ... | facebeam sql OUT -`
+    assert sql.main([str(output), "-", "--format", fmt]) == 0
+    assert capsys.readouterr() == (expected, "")
+
+
+@pytest.mark.parametrize("query, shown", [
+    ("CREATE TEMP VIEW v AS SELECT * FROM faces; -- a\nSELECT count(*) AS n FROM v; -- end", "4"),
+    ("SELECT 1 AS n; /* one */ SELECT 2 AS n; /* two */", "2"),
+    ("SELECT '-- é;' AS n; -- ü", "-- é;"),  # a comment inside a string stays; offsets past non-ASCII text
+    ('SELECT 5 AS "n;--"; -- x', "5"),
+])
+def test_several_statements_and_comment_lookalikes_with_a_trailing_comment(output, capsys, query, shown):
+    assert sql.main([str(output), query]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and re.search(rf"^│ *{re.escape(shown)} *│$", captured.out, re.MULTILINE)
+
+
+@pytest.mark.parametrize("query", ["SELECT 1 /* open", "SELECT 1; /* open"])
+def test_an_unterminated_trailing_comment_is_still_an_error(output, capsys, query):
+    assert sql.main([str(output), query]) == 2
+    assert "unterminated" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("uri", ["gs://bucket/out/run1", "s3://bucket/out", "hdfs://namenode/out"])
+def test_a_uri_is_refused_with_what_to_do(uri, capsys):
+    assert sql.main([uri, "SELECT 1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("facebeam sql: error: ") and "no such directory" not in err
+    assert "read a local output directory" in err and f"copy the run's *.parquet files from {uri}" in err
+    with pytest.raises(FileNotFoundError, match="local output directory"):
+        sql.connect(uri)
