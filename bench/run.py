@@ -81,21 +81,28 @@ def _rates(r: dict) -> dict:
     return r
 
 
+def _cpu_known(*runs: dict) -> bool:
+    """Whether each run knows its CPU seconds (``bench.measure`` gives None where it cannot tell)."""
+    return all(r.get("cpu_seconds") is not None for r in runs)
+
+
 def _summarise(n: int, runs: dict) -> dict:
     entry = {"n": n, **runs}
     pipe, seq, det = runs.get("pipeline"), runs.get("sequential"), runs.get("detection")
     limit = min((r for r in (det, runs.get("detection_threads")) if r), key=lambda r: r["seconds"], default=None)
     if pipe and seq:
         entry["speedup_vs_sequential"] = round(pipe["faces_per_s"] / seq["faces_per_s"], 3)
-        entry["speedup_vs_sequential_cpu"] = round(
-            (pipe["faces"] / pipe["cpu_seconds"]) / (seq["faces"] / seq["cpu_seconds"]), 3)
+        if _cpu_known(pipe, seq):
+            entry["speedup_vs_sequential_cpu"] = round(
+                (pipe["faces"] / pipe["cpu_seconds"]) / (seq["faces"] / seq["cpu_seconds"]), 3)
         entry["faces_match"] = pipe["faces"] == seq["faces"]
     if pipe and limit:
         # The limit is the fastest that decode + detection alone went on this machine, in one loop or
         # on as many threads as the pipeline's workers.
         entry["detection_limit_mode"] = limit["mode"]
         entry["ratio_to_detection_limit"] = round(pipe["seconds"] / limit["seconds"], 3)
-        entry["ratio_to_detection_limit_cpu"] = round(pipe["cpu_seconds"] / limit["cpu_seconds"], 3)
+        if _cpu_known(pipe, limit):
+            entry["ratio_to_detection_limit_cpu"] = round(pipe["cpu_seconds"] / limit["cpu_seconds"], 3)
     if pipe and det:
         entry["ratio_to_detection_loop"] = round(pipe["seconds"] / det["seconds"], 3)
     if pipe and "detector calls" in pipe.get("inside", {}) and pipe.get("workers", 1) == 1:
@@ -166,7 +173,7 @@ def to_markdown(results: dict) -> str:
         return f"| {label} | " + " | ".join(cells) + " |\n"
 
     def seconds(r, m):
-        text = f"{r[m]['seconds']:.1f} ({r[m]['cpu_seconds']:.1f})"
+        text = f"{r[m]['seconds']:.1f} ({_fmt(r[m]['cpu_seconds'], 1)})"
         if len(r[m].get("all_seconds", [])) > 1:
             text += " of " + ", ".join(f"{x:.1f}" for x in r[m]["all_seconds"])
         return text
@@ -190,7 +197,7 @@ def to_markdown(results: dict) -> str:
             continue
         lines.append(row(f"{label}: seconds (CPU seconds)", lambda r, m=mode: seconds(r, m)))
         lines.append(row(f"{label}: CPU share (CPU seconds ÷ seconds)",
-                         lambda r, m=mode: r[m]["cpu_seconds"] / r[m]["seconds"]))
+                         lambda r, m=mode: r[m]["cpu_seconds"] / r[m]["seconds"] if _cpu_known(r[m]) else None))
         if not mode.startswith("detection"):
             lines.append(row(f"{label}: faces/s", lambda r, m=mode: r[m]["faces_per_s"]))
         lines += [row(f"{label}: images/s", lambda r, m=mode: r[m]["images_per_s"]),
@@ -228,20 +235,16 @@ def to_markdown(results: dict) -> str:
         "a CPU share well below the process's usual one means it waited for the CPU, and ratios of "
         "seconds between modes then move by tens of percent. The CPU-second rows compare the work done, "
         "and the last two ratios compare the pipeline with the decode and detector time, and with the "
-        "detector's time alone, measured inside the same run.\n")
+        "detector's time alone, measured inside the same run. CPU seconds are the run's process's and "
+        "those of the worker processes it started (Beam's multi_processing mode), counted as each ends; "
+        "– where a worker's could not be counted.\n")
     return "".join(lines)
 
 
 def main(argv=None) -> int:
     args = _parse(argv)
     sizes = sorted(set(args.n or [100]))
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(modes) - set(MODES)
-    if unknown:
-        raise SystemExit(f"unknown modes {sorted(unknown)}; choose from {MODES}")
-    repeat_modes = set(m.strip() for m in args.repeat_modes.split(",")) if args.repeat_modes else set(modes)
-    if repeat_modes - set(MODES):
-        raise SystemExit(f"unknown modes {sorted(repeat_modes - set(MODES))}; choose from {MODES}")
+    modes, repeat_modes = _choose_modes(args.modes, args.repeat_modes, args.beam_arg)
     corpus_root = Path(args.corpus_dir) if args.corpus_dir else Path(tempfile.mkdtemp(prefix="facebeam-bench-corpus-"))
     sources = find_sources(args.media) if args.media else find_sources()
     context = {
@@ -269,12 +272,39 @@ def main(argv=None) -> int:
     return 0
 
 
+def _choose_modes(modes_arg: str, repeat_modes_arg: str | None, beam_args: list[str]) -> tuple[list[str], set[str]]:
+    """The modes that will run (``--modes`` in order, each once) and those of them that ``--repeat``
+    applies to. Exits with a message, before any corpus is built, on an unknown mode or when no mode
+    is left to run: ``detection_threads`` is left out with one pipeline worker, where it would be the
+    one-loop run itself."""
+    modes = list(dict.fromkeys(m.strip() for m in modes_arg.split(",") if m.strip()))
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise SystemExit(f"unknown modes {sorted(unknown)}; choose from {MODES}")
+    repeat_modes = {m.strip() for m in repeat_modes_arg.split(",") if m.strip()} if repeat_modes_arg else set(modes)
+    if repeat_modes - set(MODES):
+        raise SystemExit(f"unknown modes {sorted(repeat_modes - set(MODES))}; choose from {MODES}")
+    if not modes:
+        raise SystemExit(f"--modes names no mode; choose from {','.join(MODES)}")
+    if "detection_threads" in modes and pipeline_workers(beam_args) == 1:
+        modes.remove("detection_threads")
+        if not modes:
+            raise SystemExit("nothing to run: --modes detection_threads is left out with one pipeline worker, "
+                             "where it is the one-loop run ('detection'); add e.g. "
+                             "--beam_arg=--direct_num_workers=2 or choose other --modes")
+        print("detection_threads left out: with one pipeline worker it is the one-loop run ('detection')",
+              file=sys.stderr, flush=True)
+    return modes, repeat_modes & set(modes)
+
+
 def _run_modes(n: int, corpus: Path, modes: list[str], repeat: int, beam_args: list[str],
                repeat_modes: set[str] | None = None) -> dict:
     """Each mode ``repeat`` times in rotating order (those in ``repeat_modes``, the others once); the
     fastest run of each mode, with all its times."""
     if "detection_threads" in modes and pipeline_workers(beam_args) == 1:
         modes = [m for m in modes if m != "detection_threads"]  # one thread: the one-loop run itself
+    if not modes:
+        raise ValueError("no modes to run")
     samples: dict[str, list[dict]] = {mode: [] for mode in modes}
     for r in range(max(repeat, 1)):
         k = r % len(modes)

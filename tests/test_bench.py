@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,6 +100,8 @@ def test_threaded_detection_finds_what_the_loop_finds(tmp_path):
     assert (loop["files"], loop["frames"]) == (threads["files"], threads["frames"]) == (2, 2)
     assert loop["detections"] == threads["detections"] >= 30
     assert threads["workers"] == 2
+    # in-process runs: their own CPU time (a first import here may run a helper such as `uname -p`, a child)
+    assert loop["cpu_seconds"] > 0 and loop["cpu_seconds_children"] < 0.1 and threads["cpu_seconds_children"] < 0.1
 
 
 def test_pipeline_run_splits_its_time_between_the_stages_and_the_detector_thread(tmp_path, litert_cache):
@@ -116,6 +120,100 @@ def test_pipeline_run_splits_its_time_between_the_stages_and_the_detector_thread
     assert stages["detector thread: align + crop"] == round(inside["detect + align"] - inside["detector calls"], 3)
     assert "detect: waiting for the detector thread" in stages and "detect+align" not in stages
     assert r["inside"]["model calls"] > 0
+    assert r["cpu_seconds"] > 0 and r["cpu_seconds_children"] < 0.1  # the in-process runner: no worker processes
+
+
+# burns half a CPU second of its own, whatever the load
+_BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5:\n    pass\n"
+_MULTI_PROCESSING = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+
+
+def test_pipeline_cpu_seconds_count_its_worker_processes(monkeypatch, tmp_path):
+    """With --direct_running_mode=multi_processing the work is done in child processes, which Beam's runner
+    waits for before ``run`` returns: their CPU time counts."""
+    from pipelines import analyze
+
+    def run_in_a_worker_process(argv):
+        subprocess.run([sys.executable, "-c", _BURN], check=True)
+        return None, argv[argv.index("--output") + 1]
+
+    monkeypatch.setattr(analyze, "run", run_in_a_worker_process)
+    r = measure.run_pipeline(tmp_path, _MULTI_PROCESSING)
+    assert r["workers"] == 2
+    assert r["cpu_seconds"] >= 0.45
+    assert 0.45 <= r["cpu_seconds_children"] <= r["cpu_seconds"]
+
+
+def test_pipeline_cpu_seconds_are_not_known_while_a_worker_process_is_not_waited_for(monkeypatch, tmp_path):
+    from pipelines import analyze
+
+    if measure._live_children() is None:
+        pytest.skip("this system does not list a process's children")
+    started = []
+
+    def run_leaving_a_worker_process(argv):
+        started.append(subprocess.Popen([sys.executable, "-c", _BURN]))
+        return None, argv[argv.index("--output") + 1]
+
+    monkeypatch.setattr(analyze, "run", run_leaving_a_worker_process)
+    try:
+        r = measure.run_pipeline(tmp_path, _MULTI_PROCESSING)
+    finally:
+        for proc in started:
+            proc.kill()
+            proc.wait()
+    assert r["cpu_seconds"] is None and r["cpu_seconds_children"] is None
+    assert f"child processes [{started[0].pid}] not waited for" in r["cpu_seconds_note"]
+
+
+def test_cpu_seconds_not_known_show_as_a_dash_and_leave_out_the_cpu_ratios():
+    runs = {
+        "pipeline": _run("pipeline", 24.0, None, faces=6, workers=2),
+        "sequential": _run("sequential", 80.0, 82.0, faces=6),
+        "detection": _run("detection", 30.0, 31.0),
+    }
+    entry = _summarise(2, runs)
+    assert entry["speedup_vs_sequential"] == pytest.approx(80 / 24, abs=1e-3)
+    assert entry["ratio_to_detection_limit"] == pytest.approx(24 / 30, abs=1e-3)
+    assert "speedup_vs_sequential_cpu" not in entry and "ratio_to_detection_limit_cpu" not in entry
+    table = to_markdown({"runs": [entry], "machine": {"cpus": 2, "python": "3.11", "tensorflow": "2"},
+                         "load_before": [0, 0, 0], "load_after": [0, 0, 0], "when": "now", "repeat": 1,
+                         "models": {"emotion": "e"}, "corpus": "c", "baseline": "b"})
+    assert "| facebeam pipeline: seconds (CPU seconds) | 24.0 (–) |" in table
+    assert "| facebeam pipeline: CPU share (CPU seconds ÷ seconds) | – |" in table
+    assert "| sequential loop: seconds (CPU seconds) | 80.0 (82.0) |" in table
+    assert "| speedup vs sequential, CPU seconds per face | – |" in table
+    assert "| ratio to detection limit, CPU seconds | – |" in table
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--modes", "detection_threads"], "nothing to run: --modes detection_threads is left out with one"),
+    (["--modes", "detection_threads", "--beam_arg=--direct_num_workers=1"], "nothing to run"),
+    (["--modes", " , "], "--modes names no mode"),
+    (["--modes", "pipelin"], "unknown modes"),
+    (["--repeat_modes", "pipelin"], "unknown modes"),
+])
+def test_modes_that_leave_nothing_to_run_stop_before_the_corpus_is_built(monkeypatch, tmp_path, argv, message):
+    def too_far(*args, **kwargs):
+        raise AssertionError("went past the checks of --modes")
+
+    for name in ("find_sources", "build_corpus", "link_corpus", "_convert_models", "_model_tags", "_run_modes"):
+        monkeypatch.setattr(bench_run, name, too_far)
+    with pytest.raises(SystemExit, match=message):
+        bench_run.main([*argv, "--out", str(tmp_path / "results.json"), "--corpus_dir", str(tmp_path / "corpus")])
+    assert not (tmp_path / "corpus").exists()
+
+
+def test_modes_to_run_follow_the_worker_count(capsys):
+    choose = bench_run._choose_modes
+    # one worker: detection_threads would be the one-loop run, left out, from the repeated modes too
+    assert choose("pipeline,detection_threads,pipeline", "pipeline,detection_threads", []) == (
+        ["pipeline"], {"pipeline"})
+    assert "detection_threads left out" in capsys.readouterr().err
+    assert choose("detection_threads", None, ["--direct_num_workers=2", "--direct_running_mode=multi_threading"]) == (
+        ["detection_threads"], {"detection_threads"})
+    # --repeat applies to those of its modes that run
+    assert choose("pipeline,sequential", "pipeline,detection", []) == (["pipeline", "sequential"], {"pipeline"})
 
 
 def test_memory_corpus_and_4k_video_are_generated_as_described(tmp_path):
