@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import difflib
 import glob
 import logging
 import math
@@ -24,7 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, TestOptions
 
 from models.handler import RUNTIMES, FaceModelHandler
-from models.registry import DEFAULT_MODELS, resolve
+from models.registry import DEFAULT_MODELS, ModelIntegrityError, is_uri, resolve, verify
 from models.tta import TTA_HELP, TTA_MODES
 from pipelines.summary import format_summary, previous_contents, summarize, table_files
 from transforms import progress
@@ -158,6 +159,23 @@ def _detect_options(a: AnalyzeOptions) -> DetectOptions:
     return DetectOptions(a.detector, a.min_face_size, a.min_confidence, a.detect_max_side)
 
 
+def _check_unknown_flags(argv: list[str], opts: PipelineOptions) -> None:
+    """Refuses a flag that neither Beam nor facebeam knows and that reads like one of facebeam's own
+    (``--min-face-size``, ``--min_face_sise``): Beam passes unknown flags on with only a warning, and the
+    run would go ahead with the default. Others are left to Beam (a runner may take flags of its own)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    AnalyzeOptions._add_argparse_args(parser)
+    ours = sorted({action.dest for action in parser._actions})
+    known = set(opts.get_all_options())
+    for arg in argv:
+        name = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
+        if not name or name in known:
+            continue
+        near = difflib.get_close_matches(name.replace("-", "_"), ours, n=1, cutoff=0.85)
+        if near:
+            raise ValueError(f"unknown flag --{name}: did you mean --{near[0]}? (see facebeam analyze --help)")
+
+
 def _check_flags(a: AnalyzeOptions) -> None:
     """Refuses flag values that would quietly give wrong results (a negative cap reads no frame)."""
     if any(not str(i).strip() for i in a.input):
@@ -208,6 +226,7 @@ def run(argv: list[str] | None = None, test_pipeline=None):
         raise ValueError("give at least one --input (file, directory, glob or URI)")
     if not a.output:
         raise ValueError("give --output, the directory for the Parquet tables")
+    _check_unknown_flags(argv, opts)
     _check_runner(opts)
     _check_flags(a)
     patterns = expand_inputs(a.input)
@@ -219,6 +238,9 @@ def run(argv: list[str] | None = None, test_pipeline=None):
         known = previous_contents(a.skip_existing)
     emotion = resolve(a.emotion_model, "emotion")
     age_gender = resolve(a.age_gender_model, "age-gender")
+    for spec in (emotion, age_gender):
+        if not is_uri(spec.path):  # a model file that is not what its sidecar records stops the run here,
+            verify(spec)           # not in every worker (one on a URI is checked where it is fetched)
     handler = FaceModelHandler(emotion, age_gender, a.min_batch_size, a.max_batch_size,
                                "flip" if a.flip_tta and a.tta == "none" else a.tta,
                                a.large_model, a.model_copies, a.tf_threads, calibrate=not a.no_calibration,
@@ -317,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         _, output = run(argv)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ModelIntegrityError) as e:
         print(f"facebeam analyze: error: {e}", file=sys.stderr)
         return 2
     opts = PipelineOptions(build_argv(argv))

@@ -555,6 +555,9 @@ def test_a_summary_that_cannot_be_read_back_does_not_fail_a_finished_run(tmp_pat
     (["--video_fps", "inf"], "--video_fps inf is not a finite number"),
     (["--emotion_model", "no_such_model"], "no_such_model"),
     (["--dry_run=True"], "--dry_run builds a Dataflow job graph"),
+    (["--min-face-size", "200"], "unknown flag --min-face-size: did you mean --min_face_size?"),
+    (["--min_face_sise=40"], "unknown flag --min_face_sise: did you mean --min_face_size?"),
+    (["--store-crops"], "unknown flag --store-crops: did you mean --store_crops?"),
 ])
 def test_bad_flags_are_refused_before_the_output_is_touched(tmp_path, capsys, flags, message):
     from pipelines.analyze import main
@@ -567,6 +570,22 @@ def test_bad_flags_are_refused_before_the_output_is_touched(tmp_path, capsys, fl
     assert main(["--input", str(d), "--output", str(out), "--overwrite"] + flags) == 2
     assert message in capsys.readouterr().err
     assert (out / "sources-00000-of-00001.parquet").read_bytes() == b"an earlier run"
+
+
+def test_a_model_file_that_is_not_what_its_sidecar_records_is_refused_up_front(tmp_path, capsys):
+    from models.registry import WEIGHTS_DIR, DEFAULT_MODELS
+    from pipelines.analyze import main
+
+    d = tmp_path / "in"
+    _small_corpus(d)
+    name = DEFAULT_MODELS["emotion"]
+    model = tmp_path / "models" / f"{name}.keras"
+    model.parent.mkdir()
+    model.write_bytes((WEIGHTS_DIR / f"{name}.keras").read_bytes() + b"\0")  # retrained or damaged: other bytes
+    shutil.copy(WEIGHTS_DIR / f"{name}.json", model.with_suffix(".json"))
+    assert main(["--input", str(d), "--output", str(tmp_path / "out"), "--emotion_model", str(model)]) == 2
+    assert "does not match the recorded" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("name", ["run[1]", "run*", "run?"])
