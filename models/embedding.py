@@ -39,7 +39,7 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
                    help="shipped emotion model name or .keras path with sidecar")
     s.add_argument("--data_dir", default=str(fdata.default_data_dir()), help="folder holding fer2013/")
     s.add_argument("--workdir", default="runs/emotion_embedding", help="features and checkpoints; rerun to resume")
-    s.add_argument("--out", default="models/weights", help="where the best model and its record go")
+    s.add_argument("--out", default="runs/out", help="where the best model and its record go")
     s.add_argument("--name", default="emotion_embedding", help="file name (without .keras) of the model")
     s.add_argument("--epochs", type=number(int, at_least=1), default=30, help="epochs of the classifier's schedule")
     s.add_argument("--stop_after", type=number(int, at_least=0), default=0,

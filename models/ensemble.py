@@ -121,8 +121,9 @@ def _member(spec) -> dict:
 def ensemble_emotion(args: argparse.Namespace) -> dict:
     """Builds, scores and writes the ensemble of ``args.members``; returns its sidecar record."""
     from models.registry import load_checked, resolve
-    from models.train import FGSM_EPS, emotion_record, write_outputs
+    from models.train import FGSM_EPS, check_out, emotion_record, write_outputs
 
+    check_out(args.out, args.name)
     specs = [resolve(m, "emotion") for m in args.members]
     first = specs[0]
     for spec in specs[1:]:
@@ -158,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("members", nargs="+", help="emotion models: names in models/weights or .keras paths with sidecars")
     p.add_argument("--views", default="multi", choices=TTA_MODES, help="views of each face every member scores")
     p.add_argument("--name", default="emotion_ensemble", help="file name (without .keras) of the model")
-    p.add_argument("--out", default="models/weights", help="where the model and its record go")
+    p.add_argument("--out", default="runs/out", help="where the model and its record go")
     p.add_argument("--data_dir", default=str(fdata.default_data_dir()), help="folder holding fer2013/")
     p.add_argument("--limit", type=number(int, at_least=0), default=0,
                    help="score only the first N PublicTest faces (smoke runs)")

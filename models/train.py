@@ -1,7 +1,7 @@
 """Training recipes for the emotion and the age + gender models, seeded and resumable.
 
-    python -m models.train emotion --epochs 14 --workdir runs/emotion --out models/weights
-    python -m models.train age-gender --epochs 12 --workdir runs/age_gender --out models/weights
+    python -m models.train emotion --epochs 14 --workdir runs/emotion --out runs/out
+    python -m models.train age-gender --epochs 12 --workdir runs/age_gender --out runs/out
     python -m models.train emotion-embedding --base models/weights/emotion_v2.keras --workdir runs/emb
 
 Each epoch is checkpointed in ``--workdir`` (weights, optimizer and schedule state), so a killed run
@@ -39,7 +39,7 @@ LOG = logging.getLogger("facebeam.train")
 __all__ = [
     "main", "parse_args", "run", "train_emotion", "train_age_gender", "emotion_predict", "age_gender_predict",
     "fit_resumable", "check_recipe", "RecipeMismatch", "TrainingDiverged", "read_history", "read_sittings",
-    "write_outputs", "write_sidecar", "emotion_record", "emotion_faces",
+    "check_out", "write_outputs", "write_sidecar", "emotion_record", "emotion_faces",
     "cosine_schedule", "train_seconds", "set_threads", "inverse_frequency_weights", "FGSM_EPS",
 ]
 
@@ -547,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(task, help=f"train the {task} model")
         s.add_argument("--data_dir", default=str(fdata.default_data_dir()), help="folder holding fer2013/ and utkface/")
         s.add_argument("--workdir", default=f"runs/{defaults['name']}", help="checkpoints; rerun to resume")
-        s.add_argument("--out", default="models/weights", help="where the best model and its record go")
+        s.add_argument("--out", default="runs/out", help="where the best model and its record go")
         s.add_argument("--name", default=defaults["name"], help="file name (without .keras) of the model")
         s.add_argument("--epochs", type=number(int, at_least=1), default=defaults["epochs"],
                        help="epochs in the schedule")
@@ -648,12 +648,25 @@ def check_recipe(workdir: Path, recipe: dict) -> None:
         Path(part).write_text(json.dumps(recipe, indent=2) + "\n")
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Trains the recipe of ``parse_args``' result and returns its sidecar record."""
-    out = Path(args.out)
+def check_out(out: Path | str, name: str) -> Path:
+    """The folder ``--out`` made ready for ``name``'s files, checked before any work: one the user can
+    write to, and not the place of a shipped model (its sha256 is pinned, and a retrained model differs
+    in every weight, after which the pipeline refuses the file)."""
+    from models.registry import SHIPPED, WEIGHTS_DIR
+
+    out = Path(out)
+    if name in SHIPPED and (out / f"{name}.keras").resolve() == (WEIGHTS_DIR / f"{name}.keras").resolve():
+        raise ValueError(f"--out {out} --name {name} would replace the shipped model {name}, whose sha256 "
+                         "facebeam pins: write it elsewhere (the default --out is runs/out)")
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK | os.X_OK):  # found now, not after the training
         raise PermissionError(f"--out {out}: not a folder this user can write to")
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Trains the recipe of ``parse_args``' result and returns its sidecar record."""
+    check_out(args.out, args.name)
     if not (Path(args.data_dir)).is_dir():
         raise FileNotFoundError(f"--data_dir {args.data_dir}: no such folder (it holds fer2013/ and utkface/, "
                                 "see models/data.py)")

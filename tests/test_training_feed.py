@@ -381,6 +381,25 @@ def test_missing_data_and_an_unwritable_out_are_errors_before_training(tmp_path,
     assert "models.train: error:" in capsys.readouterr().err
 
 
+def test_a_shipped_model_file_is_never_the_output(tmp_path, capsys, monkeypatch):
+    from models import ensemble, train
+    from models.registry import DEFAULT_MODELS, WEIGHTS_DIR, sha256_of
+
+    name = DEFAULT_MODELS["emotion"]
+    before = sha256_of(WEIGHTS_DIR / f"{name}.keras")
+    argv = ["emotion", "--workdir", str(tmp_path / "w"), "--epochs", "1", "--limit", "10", "--data_dir", str(tmp_path)]
+    assert train.main([*argv, "--name", name, "--out", str(WEIGHTS_DIR)]) == 2
+    assert f"would replace the shipped model {name}" in capsys.readouterr().err and not (tmp_path / "w").exists()
+    monkeypatch.chdir(WEIGHTS_DIR.parent.parent)  # the same file by a relative path
+    assert train.main([*argv, "--name", name, "--out", "models/weights"]) == 2
+    assert ensemble.main([name, "--name", name, "--out", "models/weights"]) == 2
+    assert capsys.readouterr().err.count("would replace the shipped model") == 2
+    assert sha256_of(WEIGHTS_DIR / f"{name}.keras") == before
+    # left to its default, a retrained model goes to runs/out
+    assert train.parse_args(["emotion", "--name", name]).out == "runs/out"
+    assert ensemble.build_parser().parse_args([name]).out == "runs/out"
+
+
 def test_a_schedule_can_grow_but_not_shrink(tmp_path):
     from models.train import RecipeMismatch
 
