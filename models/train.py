@@ -649,7 +649,7 @@ def check_recipe(workdir: Path, recipe: dict) -> None:
 
 
 def check_out(out: Path | str, name: str) -> Path:
-    """The folder ``--out`` made ready for ``name``'s files, checked before any work: one the user can
+    """The folder ``--out`` for ``name``'s files, checked before any work: one the user can make or
     write to, and not the place of a shipped model (its sha256 is pinned, and a retrained model differs
     in every weight, after which the pipeline refuses the file)."""
     from models.registry import SHIPPED, WEIGHTS_DIR
@@ -658,8 +658,11 @@ def check_out(out: Path | str, name: str) -> Path:
     if name in SHIPPED and (out / f"{name}.keras").resolve() == (WEIGHTS_DIR / f"{name}.keras").resolve():
         raise ValueError(f"--out {out} --name {name} would replace the shipped model {name}, whose sha256 "
                          "facebeam pins: write it elsewhere (the default --out is runs/out)")
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK | os.X_OK):  # found now, not after the training
+    # Nothing is made here, so that a run refused later leaves no folder behind; write_outputs makes it.
+    there = out.absolute()
+    while not there.exists() and there != there.parent:
+        there = there.parent
+    if not there.is_dir() or not os.access(there, os.W_OK | os.X_OK):  # found now, not after the training
         raise PermissionError(f"--out {out}: not a folder this user can write to")
     return out
 

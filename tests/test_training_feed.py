@@ -376,6 +376,7 @@ def test_missing_data_and_an_unwritable_out_are_errors_before_training(tmp_path,
     argv = ["emotion", "--workdir", str(tmp_path / "w"), "--epochs", "1", "--limit", "10"]
     assert train.main([*argv, "--data_dir", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     assert "--data_dir" in capsys.readouterr().err and not (tmp_path / "w").exists()
+    assert not (tmp_path / "o").exists()  # a refused run leaves nothing behind
     (tmp_path / "file").write_text("")
     assert train.main([*argv, "--data_dir", str(tmp_path), "--out", str(tmp_path / "file" / "o")]) == 2
     assert "models.train: error:" in capsys.readouterr().err
