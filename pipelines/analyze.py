@@ -94,7 +94,8 @@ class AnalyzeOptions(PipelineOptions):
                        help="smallest face side to report, in pixels of the original image")
         g.add_argument("--min_confidence", type=float, default=0.9, help="smallest MTCNN score to report")
         g.add_argument("--detect_max_side", type=int, default=1920,
-                       help="images bigger than this are detected on a downscaled copy (0: never)")
+                       help="images bigger than this are detected on a downscaled copy (0: never; a --min_face_size "
+                            "below 20 then enlarges the copy to at most 4096 px)")
         g.add_argument("--max_pixels", type=int, default=100_000_000,
                        help="images declaring more pixels are refused before decoding")
         g.add_argument("--video_fps", type=float, default=1.0, help="video frames sampled per second (0: all)")

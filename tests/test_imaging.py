@@ -104,6 +104,10 @@ def test_detection_scale():
     assert imaging.detection_scale(1000, 800, 40, 0) == 0.5
     assert imaging.detection_scale(4000, 3000, 20, 2000) == 0.5
     assert imaging.detection_scale(400, 300, 10, 0) == 2.0
+    # without a cap, a small minimum enlarges only up to MAX_ENLARGED_SIDE, and never shrinks
+    assert imaging.detection_scale(4000, 3000, 1, 0) == imaging.MAX_ENLARGED_SIDE / 4000
+    assert imaging.detection_scale(8000, 6000, 1, 0) == 1.0
+    assert imaging.detection_scale(8000, 6000, 40, 0) == 0.5
 
 
 def test_align_puts_eyes_on_template():

@@ -24,6 +24,7 @@ __all__ = [
     "EMOTION_TEMPLATE",
     "AGE_GENDER_TEMPLATE",
     "decode_image",
+    "MAX_ENLARGED_SIDE",
     "describe_content",
     "header_size",
     "png_problem",
@@ -272,16 +273,25 @@ def _decode_failure(data: bytes, size: tuple[int, int] | None) -> str:
     return "not an image in a supported format (JPEG, PNG, BMP, TIFF, WebP): no header of one was found"
 
 
+# The longest side of an enlarged copy for detection when --detect_max_side is 0 (50 MB of RGB).
+MAX_ENLARGED_SIDE = 4096
+
+
 def detection_scale(width: int, height: int, min_face_size: float, max_side: int, detector_min_face: float = 20.0) -> float:
     """Scale at which to run the detector.
 
     Faces of ``min_face_size`` original pixels land on the detector's own minimum
     (``detector_min_face``): bigger minimums shrink the image (faster), smaller ones enlarge it.
-    The longest side is capped at ``max_side`` (0: no cap).
+    The longest side is capped at ``max_side``; with no cap (0) the image is never shrunk, and an
+    enlarged copy's longest side stays within ``MAX_ENLARGED_SIDE`` (a 1 px minimum would otherwise
+    enlarge a 4000x3000 photo 20 times, to 14 GB).
     """
     scale = detector_min_face / max(float(min_face_size), 1.0)
-    if max_side and max(width, height) * scale > max_side:
-        scale = max_side / max(width, height)
+    longest = max(width, height)
+    if max_side and longest * scale > max_side:
+        scale = max_side / longest
+    elif not max_side and scale > 1.0 and longest * scale > MAX_ENLARGED_SIDE:
+        scale = max(MAX_ENLARGED_SIDE / longest, 1.0)
     return scale
 
 
