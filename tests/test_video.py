@@ -177,6 +177,25 @@ def test_ranges_of_a_variable_rate_video_read_the_frames_of_the_whole(tmp_path):
     assert parts == whole
 
 
+def test_a_variable_rate_video_is_sampled_evenly_in_time(tmp_path):
+    # 60 frames at 10/s, then 60 at 30/s: 8 s, an average of 15/s. By index at that rate, one sample a
+    # second came at 0, 1.5, 3, 4.5, 6, 6.5, 7, 7.5 s; by the frames' own times it comes each second.
+    path = _variable_rate_mp4(tmp_path)
+    info = video.probe_video(path)
+    # (the clip's 1/30 s is 341/10240 s: frame 90 starts at 6.999 s, in the seventh second, and 91 at 7.032 s)
+    got = [(i, t, _frame_number(rgb)) for i, t, rgb in video.read_frames(path, info.fps, 1.0, 0)]
+    assert [i for i, _, _ in got] == [0, 10, 20, 30, 40, 50, 60, 91]
+    assert [t for _, t, _ in got] == pytest.approx([0, 1, 2, 3, 4, 5, 6, 7], abs=0.04)
+    assert [k for _, _, k in got] == [i for i, _, _ in got]
+    capped = [i for i, _, _ in video.read_frames(path, info.fps, 1.0, 3)]  # --max_frames_per_video 3
+    assert capped == [0, 10, 20]
+    later = [i for i, _, _ in video.read_frames(path, info.fps, 1.0, 0, start=45)]  # a range walks from 0
+    assert later == [50, 60, 91]
+    # a constant-rate video is sampled by index, as its ranges are
+    cfr = str(write_video(tmp_path / "cfr.mp4", 30, fps=10.0))
+    assert [i for i, _, _ in video.read_frames(cfr, 10.0, 2.0, 0)] == [0, 5, 10, 15, 20, 25]
+
+
 def test_frames_over_max_pixels_are_refused_before_decoding(tmp_path):
     import struct
 

@@ -1,11 +1,12 @@
 """Video helpers (OpenCV, no Beam): probing, frame sampling and splitting into frame ranges.
 
-Sampling at ``rate`` frames/s keeps the first frame of each ``1 / rate`` interval of frame indices
-at the container's (average) frame rate, so the choice of a frame depends on its index alone and a
-video split into ranges samples exactly the frames of the whole. Timestamps are the frames' own.
-Ranges start with a seek, which OpenCV makes in time (index / rate): only a video whose container
-says it has a constant frame rate (``constant_frame_rate``) is split, since in a variable-rate one
-frame ``k`` of a front-to-back read is not at ``k / rate`` seconds.
+Sampling at ``rate`` frames/s keeps the first frame of each ``1 / rate`` interval. In a video whose
+container says it has a constant frame rate (``constant_frame_rate``) the intervals are of frame
+indices at that rate, so the choice of a frame depends on its index alone and a video split into
+ranges samples exactly the frames of the whole. Ranges start with a seek, which OpenCV makes in
+time (index / rate), so only such a video is split. Any other video is read front to back and its
+intervals are of the frames' own presentation times, so that its samples are evenly spaced in time
+however its rate varies. Timestamps are the frames' own.
 """
 
 from __future__ import annotations
@@ -267,25 +268,26 @@ def read_frames(path: str, fps: float, rate: float, max_frames: int, start: int 
     Frames are decoded one at a time; ``max_frames`` (0: no limit) caps the sampled frames of the
     whole video, counted from its start, so ranges honour it too. The timestamp is the frame's own
     (its presentation time, right for a variable frame rate), or ``index / fps`` where the stream
-    has none. Raises VideoError when the stream ends far short of the ``declared`` frame count (at
-    the container's ``declared_fps``, see ``truncation``). Split only what ``constant_frame_rate`` says.
+    has none. A video without a constant frame rate is sampled by those times (see the module's
+    text). Raises VideoError when the stream ends far short of the ``declared`` frame count (at the
+    container's ``declared_fps``, see ``truncation``). Split only what ``constant_frame_rate`` says.
     """
+    by_index = constant_frame_rate(path)
     cap = _open(path)
     try:
-        index, reached_s = 0, None
+        index, reached_s, first_s, last_slot = 0, None, None, -1
         if start > 0:
             # Seek where frame indices are times (a constant rate), and trust it only if the decoder
             # lands exactly; otherwise walk from the start.
-            if (constant_frame_rate(path) and cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+            if (by_index and cap.set(cv2.CAP_PROP_POS_FRAMES, start)
                     and int(cap.get(cv2.CAP_PROP_POS_FRAMES)) == start):
                 index = start
             else:
                 cap.release()
                 cap = _open(path)
         while end is None or index < end:
-            if max_frames and sample_slot(index, fps, rate) >= max_frames:
+            if by_index and max_frames and sample_slot(index, fps, rate) >= max_frames:
                 return
-            wanted = index >= start and is_sampled(index, fps, rate)
             ok = cap.grab()
             if not ok:
                 problem = truncation(index, declared, fps, reached_s, declared_fps)
@@ -293,6 +295,17 @@ def read_frames(path: str, fps: float, rate: float, max_frames: int, start: int 
                     raise VideoError(problem)
                 return
             reached_s = frame_time(cap, index, fps)
+            if by_index:
+                wanted = index >= start and is_sampled(index, fps, rate)
+            else:
+                # The first frame of each 1 / rate seconds of presentation time from the first
+                # frame's; a time that goes back (a damaged stream) is never sampled twice.
+                first_s = reached_s if first_s is None else first_s
+                slot = index if rate <= 0 else int(math.floor((reached_s - first_s) * rate + 1e-9))
+                if max_frames and slot >= max_frames:
+                    return
+                wanted, last_slot = slot > last_slot, max(slot, last_slot)
+                wanted = wanted and index >= start
             if wanted:
                 ok, bgr = cap.retrieve()
                 if not ok or bgr is None:
