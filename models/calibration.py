@@ -28,7 +28,6 @@ import argparse
 import json
 import logging
 import sys
-import zipfile
 
 import numpy as np
 
@@ -171,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.eval} has no faces of the model's classes to evaluate on")
         fdata.check_face_size(args.data, x_fit, spec.name, spec.input_shape)
         fdata.check_face_size(args.eval, x_eval, spec.name, spec.input_shape)
-    except (ValueError, OSError, ModelIntegrityError, zipfile.BadZipFile) as e:
+    except (ValueError, OSError, ModelIntegrityError) as e:
         print(f"models.calibration: error: {e}", file=sys.stderr)
         return 2
     t = fit_temperature(emotion_predict(model, x_fit, args.tta), y_fit)
@@ -218,7 +217,7 @@ def record_sidecar(model_name: str, path: str, as_json: bool, prog: str = "pytho
             LOG.warning("the plain temperature refitted: %.4f (recorded %.4f)", record["temperature"],
                         meta["temperature"])
         sidecar = record_in_sidecar(spec, record, command or f"{prog} --model {model_name} --record {path}")
-    except (ValueError, OSError, ModelIntegrityError, zipfile.BadZipFile) as e:
+    except (ValueError, OSError, ModelIntegrityError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     by_mode = record["calibration_by_tta"]

@@ -6,10 +6,13 @@ research-use files that users place themselves; ``default_data_dir()`` says wher
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import zipfile
+import zlib
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import cv2
 import numpy as np
@@ -88,14 +91,40 @@ def default_data_dir() -> Path:
     return base.parent / "shared" / "data"
 
 
+@contextlib.contextmanager
+def _npz(path: str | os.PathLike) -> Iterator[np.lib.npyio.NpzFile]:
+    """The open archive of an .npz file; a file that is not one (a single .npy array, a pickle,
+    text), or whose members do not read back whole (a cut-off or damaged download), is a ValueError
+    that names the file."""
+    try:
+        d = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a readable .npz ({e})" if isinstance(e, zipfile.BadZipFile)
+                         else f"{path}: not an .npz archive") from e
+    if not isinstance(d, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: not an .npz archive but a single .npy array (the layouts are archives "
+                         "of named arrays, np.savez)")
+    with d:
+        try:
+            yield d
+        except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+            raise ValueError(f"{path}: not a readable .npz: a member is damaged or cut off ({e})") from e
+
+
 def load_fer(path: str | os.PathLike) -> FerData:
     """Loads a FER2013 npz (``images``, ``labels``; ``ferplus_votes`` when present).
 
     Pixels must be whole numbers in 0..255 (uint8, or any numeric type holding such values); images
-    scaled to [0, 1] are refused rather than read as almost black."""
-    with np.load(path, allow_pickle=False) as d:
+    scaled to [0, 1] are refused rather than read as almost black. A ``classes`` array, where there
+    is one, must name the FER2013 classes in their order, which the labels are read in."""
+    with _npz(path) as d:
         if "images" not in d.files or "labels" not in d.files:
             raise ValueError(f"{path}: not a FER2013 npz (needs 'images' and 'labels', has {d.files})")
+        if "classes" in d.files:
+            classes = [c.decode() if isinstance(c, bytes) else str(c) for c in d["classes"].ravel().tolist()]
+            if classes != list(EMOTIONS):
+                raise ValueError(f"{path}: its classes are {', '.join(classes)}; the FER2013 layout's labels are "
+                                 f"{', '.join(f'{i} {c}' for i, c in enumerate(EMOTIONS))}")
         images, labels = d["images"], d["labels"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise ValueError(f"{path}: FER2013 images are grey (N, H, W) with one label each (N,); got images "
@@ -146,6 +175,11 @@ def _names(path, d, n: int) -> np.ndarray:
     names = d["filenames"]
     if names.shape != (n,):
         raise ValueError(f"{path}: filenames must be one per face ({n},), not {names.shape}")
+    if names.dtype.kind == "S":  # bytes: as text, or the validation split's hash sees "b'name'"
+        try:
+            names = np.char.decode(names, "utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: filenames are not UTF-8 text ({e})") from e
     return names
 
 
@@ -155,7 +189,7 @@ def load_utkface(path: str | os.PathLike, size: int = 64, validation: bool | Non
     ``validation``: None for every face, True / False for only the held-back / training faces
     of ``validation_mask``.
     """
-    with np.load(path, allow_pickle=False) as d:
+    with _npz(path) as d:
         needed = {"jpeg", "offsets", "age", "gender"}
         if not needed <= set(d.files):
             raise ValueError(f"{path}: not a UTKFace npz (needs {sorted(needed)}, has {d.files})")
@@ -296,12 +330,10 @@ def save_cache(path: Path, **arrays) -> None:
 def load_cache(path: Path) -> dict[str, np.ndarray] | None:
     """The arrays of a cache ``save_cache`` wrote; None when there is none or it cannot be read (it is
     then computed again)."""
-    import zipfile
-
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as d:
+        with _npz(path) as d:
             return {k: d[k] for k in d.files}
-    except (OSError, ValueError, zipfile.BadZipFile):
+    except (OSError, ValueError):
         return None

@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.record:
         return _record(p, args)
+    other = ((("--split", args.split, "all"),) if args.task == "emotion" else
+             (("--temperature", args.temperature, None), ("--calibrated", args.calibrated, False),
+              ("--perturb", args.perturb, 0.0)))
+    given = [flag for flag, value, default in other if value != default]
+    if given:
+        p.error(f"{' '.join(given)}: not an option of {args.task} (see --help), which would score without it")
     try:
         if args.task == "emotion":
             spec = resolve(args.model or DEFAULT_MODELS["emotion"], "emotion")
@@ -208,10 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                       else ""))
             report, age, _ = evaluate_age_gender(load_checked(spec), utk, args.tta)
             plots = _plot_age_gender(report, utk, age, Path(args.plot)) if args.plot else []
-    except zipfile.BadZipFile as e:  # a cut-off download
-        print(f"facebeam evaluate: error: {args.data}: not a readable .npz ({e})", file=sys.stderr)
-        return 2
-    except (ValueError, OSError, ModelIntegrityError) as e:
+    except (ValueError, OSError, ModelIntegrityError) as e:  # a damaged .npz too (models.data)
         print(f"facebeam evaluate: error: {e}", file=sys.stderr)
         return 2
     report["model"] = spec.tag
@@ -245,9 +247,6 @@ def _record(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             raise ValueError(f"{args.data}: no faces in the validation split")
         record = age_gender_record(load_checked(spec), utk)
         sidecar = record_in_sidecar(spec, record, command)
-    except zipfile.BadZipFile as e:
-        print(f"facebeam evaluate: error: {args.data}: not a readable .npz ({e})", file=sys.stderr)
-        return 2
     except (ValueError, OSError, ModelIntegrityError) as e:
         print(f"facebeam evaluate: error: {e}", file=sys.stderr)
         return 2

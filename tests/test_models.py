@@ -150,6 +150,10 @@ def _fer_file(path, images, labels):
     ("fractional labels", "labels must be whole numbers"),
     ("votes (N, 7)", "ferplus_votes must be (N, 10)"),
     ("cut off", "not a readable .npz"),
+    ("damaged member", "a member is damaged or cut off"),
+    ("an .npy array", "not an .npz archive but a single .npy array"),
+    ("text", "not an .npz archive"),
+    ("other class order", "its classes are neutral, angry"),
     ("a directory", "Is a directory"),
     ("no sha256", "lacks sha256"),
     ("tampered", "does not match"),
@@ -174,6 +178,20 @@ def test_evaluate_refuses_bad_files_with_a_message(tmp_path, capsys, case, messa
     model = []
     if case == "cut off":
         Path(data).write_bytes(Path(data).read_bytes()[:100])
+    elif case == "damaged member":  # the archive reads, the deflated pixels do not
+        np.savez_compressed(data, images=np.random.default_rng(0).integers(0, 256, (10, 48, 48), np.uint8),
+                            labels=labels)
+        raw = bytearray(Path(data).read_bytes())
+        raw[200:208] = b"\xff" * 8
+        Path(data).write_bytes(bytes(raw))
+    elif case == "an .npy array":
+        data = str(tmp_path / "f.npy")
+        np.save(data, grey)
+    elif case == "text":
+        data = str(tmp_path / "f.npz")
+        Path(data).write_text("images,labels\n")
+    elif case == "other class order":
+        np.savez(data, images=grey, labels=labels, classes=np.array(["neutral", *EMOTIONS[:-1]]))
     elif case == "a directory":
         data = str(tmp_path)
     elif case in ("no sha256", "tampered"):
@@ -214,6 +232,19 @@ def test_evaluate_refuses_meaningless_settings(tmp_path, capsys, option, message
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("task, option", [
+    ("emotion", ["--split", "validation"]), ("age-gender", ["--temperature", "2"]),
+    ("age-gender", ["--calibrated"]), ("age-gender", ["--perturb", "0.01"]),
+])
+def test_evaluate_refuses_an_option_of_the_other_task(tmp_path, capsys, task, option):
+    # scored without it, the figures would read as if it had been applied
+    from models import evaluate
+
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main([task, "--data", str(tmp_path / "any.npz"), *option])
+    assert stop.value.code == 2 and f"{option[0]}: not an option of {task}" in capsys.readouterr().err
+
+
 def _utk_file(path, n=4, **change):
     import cv2
 
@@ -245,6 +276,15 @@ def test_utkface_file_of_the_layout_loads(tmp_path):
     d = fdata.load_utkface(_utk_file(tmp_path / "u.npz", race=None, filenames=None), size=16)
     assert d.images.shape == (4, 16, 16, 3) and list(d.gender) == [0, 1, 0, 1] and list(d.race) == [-1] * 4
     assert list(d.filenames) == ["0", "1", "2", "3"] and list(d.age) == [1, 21, 41, 61]
+
+
+def test_file_names_stored_as_bytes_split_as_text(tmp_path):
+    # str(b"x.jpg") is "b'x.jpg'": hashed so, the validation split would be another set of faces
+    names = [f"{i}_0_0_2017.jpg" for i in range(40)]
+    as_text = fdata.load_utkface(_utk_file(tmp_path / "t.npz", n=40, filenames=np.array(names)), 16, validation=True)
+    as_bytes = fdata.load_utkface(_utk_file(tmp_path / "b.npz", n=40, filenames=np.array([n.encode() for n in names])),
+                                  16, validation=True)
+    assert len(as_text.filenames) > 0 and list(as_bytes.filenames) == list(as_text.filenames)
 
 
 def test_a_shipped_model_is_found_in_the_installation_that_loads_it(shipped_specs):
