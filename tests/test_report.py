@@ -278,6 +278,35 @@ def test_thumbnails_from_image_video_and_stored_crop(media):
     assert abs(float(grey.mean()) - 100) < 6  # frame 10 of a video whose frame i is grey 10 i
 
 
+def test_a_variable_rate_videos_frames_are_read_in_one_pass(tmp_path, monkeypatch):
+    from pipelines import thumbnails
+    from tests.test_video import _frame_number, _variable_rate_mp4
+    from transforms import video
+
+    calls = []
+    read_frames = video.read_frames
+    monkeypatch.setattr(video, "read_frames", lambda *a, **k: calls.append(k) or read_frames(*a, **k))
+    vfr = _variable_rate_mp4(tmp_path)  # no seek there: each frame would take a walk from the start
+    got = [(k, _frame_number(rgb)) for k, rgb in thumbnails.video_frames(vfr, [100, 5, 70, 5, 119])]
+    assert got == [(5, 5), (70, 70), (100, 100), (119, 119)] and len(calls) == 1
+    cfr = str(write_video(tmp_path / "cfr.mp4", 30))  # a constant rate: a seek to each
+    assert [k for k, _ in thumbnails.video_frames(cfr, [20, 3])] == [3, 20] and len(calls) == 3
+    assert list(thumbnails.video_frames(str(tmp_path / "missing.mp4"), [1])) == []
+
+
+def test_an_images_thumbnail_is_cut_at_the_size_the_run_read(media, monkeypatch):
+    # the report does not apply a --max_pixels of its own: the rows say the run decoded the picture
+    from transforms import imaging
+
+    limits = []
+    decode = imaging.decode_image
+    monkeypatch.setattr(imaging, "decode_image", lambda data, max_pixels: limits.append(max_pixels) or
+                        decode(data, max_pixels))
+    photo = FaceRef(media["photo"], "image", None, (10, 10, 50, 60), 120, 100)
+    assert face_thumbnails([photo, photo._replace(box=(0, 0, 30, 30))])[0] is not None
+    assert limits == [120 * 100]
+
+
 def test_face_box_grows_and_clamps():
     assert face_box((10, 10, 50, 60), 120, 100) == (4, 2, 56, 68)
     assert face_box((0, 0, 100, 100), 50, 60) == (0, 0, 50, 60)
