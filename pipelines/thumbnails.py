@@ -63,7 +63,8 @@ def local_path(uri: str) -> str | None:
     return uri if os.path.isfile(uri) else None
 
 
-def read_picture(uri: str, source_type: str, frame_index: int | None, max_pixels: int = 100_000_000) -> np.ndarray | None:
+def read_picture(uri: str, source_type: str, frame_index: int | None,
+                 max_pixels: int = 100_000_000) -> np.ndarray | None:
     """The upright RGB uint8 (H, W, 3) image, or frame ``frame_index`` of a video; None if unreadable.
     An image of more than ``max_pixels`` pixels is not decoded."""
     if source_type == "video":
