@@ -204,7 +204,7 @@ def test_annotated_copies_of_wide_videos_and_long_names(tmp_path):
     for the file system is cut."""
     import cv2
 
-    from transforms.annotate import MAX_VIDEO_SIDE, _AnnotateFn, annotated_name
+    from transforms.annotate import MAX_JPEG_SIDE, MAX_VIDEO_SIDE, _AnnotateFn, annotated_name
 
     wide = write_video(tmp_path / "wide.avi", 3, fps=1.0, size=(8640, 64), brightness=lambda i: 90, fourcc="MJPG")
     long_name = tmp_path / ("é" * 124 + ".png")  # 248 bytes of stem: 261 with the hash and .jpg
@@ -218,3 +218,9 @@ def test_annotated_copies_of_wide_videos_and_long_names(tmp_path):
     assert clip.get(cv2.CAP_PROP_FRAME_WIDTH) == MAX_VIDEO_SIDE and clip.get(cv2.CAP_PROP_FRAME_COUNT) == 3
     name = annotated_name(str(long_name), ".jpg")
     assert len(name.encode()) <= 255 and name.startswith("é" * 100) and (out / name).stat().st_size > 0
+    # a panorama wider than JPEG allows is written scaled down (it was an empty file)
+    panorama = tmp_path / "panorama.png"
+    write_image(panorama, np.full((32, 66000, 3), 90, np.uint8))
+    fn.process((str(panorama), [_face_on(str(panorama), "image", None, (10.0, 2.0, 40.0, 30.0), (66000, 32))]))
+    picture = cv2.imread(str(out / annotated_name(str(panorama), ".jpg")))
+    assert picture.shape[:2] == (32, MAX_JPEG_SIDE)

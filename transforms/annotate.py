@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 
 import apache_beam as beam
@@ -32,6 +33,8 @@ LOG = logging.getLogger(__name__)
 MAX_STEM_BYTES = 200
 # Longest side of an annotated clip's frames: MPEG-4 (mp4v) encoders refuse frames of 8192 pixels and more.
 MAX_VIDEO_SIDE = 4096
+# Longest side of an annotated picture: JPEG counts sides in 16 bits, and libjpeg stops at 65500.
+MAX_JPEG_SIDE = 65500
 
 
 def annotated_name(source_uri: str, extension: str) -> str:
@@ -73,7 +76,11 @@ class _AnnotateFn(beam.DoFn):
     def _image(self, uri: str, faces) -> None:
         with FileSystems.open(uri) as f:
             rgb = imaging.decode_image(f.read(), self._options.max_pixels)
-        ok, buf = cv2.imencode(".jpg", _draw(rgb, faces), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        drawn = _draw(rgb, faces)
+        drawn = imaging.resize_by(drawn, min(1.0, MAX_JPEG_SIDE / max(drawn.shape[:2])))
+        ok, buf = cv2.imencode(".jpg", drawn, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if not ok:  # checked before the file is made: no empty copy is left behind
+            raise OSError(f"OpenCV could not encode the {drawn.shape[1]}x{drawn.shape[0]} annotated picture as JPEG")
         with FileSystems.create(FileSystems.join(self._directory, annotated_name(uri, ".jpg"))) as out:
             out.write(buf.tobytes())
 
@@ -104,7 +111,7 @@ class _AnnotateFn(beam.DoFn):
                 writer = None
                 with open(tmp, "rb") as src, FileSystems.create(
                         FileSystems.join(self._directory, annotated_name(uri, ".mp4"))) as out:
-                    out.write(src.read())
+                    shutil.copyfileobj(src, out, 1 << 20)  # a clip may be gigabytes
         finally:
             if writer is not None:
                 writer.release()
