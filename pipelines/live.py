@@ -16,10 +16,12 @@ queueing up. Files are read in order, every frame or every ``--every``-th.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import logging
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -35,11 +37,12 @@ from models.registry import DEFAULT_MODELS, default_specs, resolve
 from models.tta import TTA_HELP, TTA_MODES
 from transforms import drawing
 from transforms.faces import DETECTORS, DetectOptions, check_detect_options, faces_in_frame, make_detector
+from transforms.imaging import resize_by
 from transforms.inference import model_inputs
 from transforms.records import FaceCrop, Frame
 from transforms.sinks import FACES_SCHEMA, RunInfo, face_row
 from transforms.tracking import MAX_SHIFT, Smoother, Tracker
-from transforms.video import DEFAULT_FPS, container_fps, declared_frames, frame_time, truncation
+from transforms.video import DEFAULT_FPS, MAX_VIDEO_SIDE, container_fps, declared_frames, frame_time, truncation
 
 __all__ = [
     "LiveOptions", "LiveFace", "LiveStats", "SourceFrame", "LatestFrame", "LiveAnalyzer", "FaceLog",
@@ -380,20 +383,25 @@ class _Window:
 
 
 class _Recorder:
-    """The annotated frames as an mp4v .mp4; the writer opens on the first frame (size known then)."""
+    """The annotated frames as an mp4v .mp4; the writer opens on the first frame (size known then).
+    Frames over ``MAX_VIDEO_SIDE`` pixels (which the encoder refuses) are written scaled down."""
 
     def __init__(self, path: str, fps: float):
         self._path, self._fps = path, fps
         self._writer = None
+        self._scale = 1.0
         self.frames = 0
 
     def write(self, bgr: np.ndarray, times: int = 1) -> None:
         if self._writer is None:
             os.makedirs(os.path.dirname(os.path.abspath(self._path)), exist_ok=True)
-            h, w = bgr.shape[:2]
+            self._scale = min(1.0, MAX_VIDEO_SIDE / max(bgr.shape[:2]))
+            h, w = resize_by(bgr, self._scale).shape[:2]
             self._writer = cv2.VideoWriter(self._path, cv2.VideoWriter_fourcc(*"mp4v"), self._fps, (w, h))
             if not self._writer.isOpened():
-                raise ValueError(f"cannot write a video to {self._path!r} (an .mp4 path in a writable directory)")
+                raise ValueError(f"cannot write a {w}x{h} mp4v video to {self._path!r} (give an .mp4 path in a "
+                                 "writable directory)")
+        bgr = resize_by(bgr, self._scale)
         for _ in range(times):
             self._writer.write(bgr)
         self.frames += times
@@ -461,12 +469,21 @@ def _check(options: LiveOptions, source: int | str | None = None) -> None:
         _check_every(options, is_live_source(source))
     if options.record and not options.record.lower().endswith((".mp4", ".m4v", ".mov")):
         raise ValueError(f"--record {options.record!r}: give an .mp4 path (the video is written with mp4v)")
+    # FFmpeg reads a file: URL as the path after the scheme, taken literally
+    source_file = source[len("file:"):] if isinstance(source, str) and source.lower().startswith("file:") else source
     for flag, path in (("--log", options.log), ("--record", options.record)):
         if path and os.path.isdir(path):
             raise ValueError(f"{flag} {path!r} is a directory; give the path of the file to write")
-        if path and isinstance(source, str) and os.path.exists(path) and os.path.exists(source) \
-                and os.path.samefile(path, source):
+        if path and isinstance(source_file, str) and _same_file(path, source_file):
             raise ValueError(f"{flag} {path!r} is the source itself; writing it would destroy the video")
+    if options.log and options.record and _same_file(options.log, options.record):
+        raise ValueError(f"--log and --record name the same file {options.record!r}; each writes a file of its own")
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.abspath(a) == os.path.abspath(b)
 
 
 def _check_every(options: LiveOptions, live: bool) -> None:
@@ -481,7 +498,7 @@ def _default_run_id() -> str:
 def run_live(source: int | str, options: LiveOptions = LiveOptions(), handler=None, models=None, detector=None,
              run_id: str | None = None, live: bool | None = None) -> LiveStats:
     """Analyses ``source`` (a ``parse_source`` result) frame by frame until it ends, ``max_frames``
-    frames were read, the viewer quits, or Ctrl-C.
+    frames were read, the viewer quits, or Ctrl-C or SIGTERM.
 
     ``handler``/``models`` default to the shipped models (loaded here); pass already loaded ones to
     reuse them. ``detector`` defaults to ``make_detector(options.detector)``. ``live`` (default: from
@@ -528,25 +545,26 @@ def run_live(source: int | str, options: LiveOptions = LiveOptions(), handler=No
     faces: list[LiveFace] = []
     start = time.perf_counter()
     try:
-        for frame in reader:
-            # 1. analyse the frames due (every frame of a live source that reaches us)
-            if live or frame.index % options.every == 0:
-                rgb = cv2.cvtColor(frame.bgr, cv2.COLOR_BGR2RGB)
-                faces = analyzer.analyze(frame.index, frame.timestamp_s, rgb)
-                processed += 1
-                faces_total += len(faces)
-                if log is not None:
-                    log.write(faces)
-            # 2. draw the latest labels; show and record
-            elapsed = time.perf_counter() - start
-            annotated = draw_faces(frame.bgr, faces, processed / elapsed if elapsed > 0 else None)
-            if recorder is not None:
-                recorder.write(annotated, frame.index - last_written)
-                last_written = frame.index
-            if not window.show(annotated):
-                LOG.info("stopped from the window")
-                break
-    except KeyboardInterrupt:
+        with _terminate_as_interrupt():
+            for frame in reader:
+                # 1. analyse the frames due (every frame of a live source that reaches us)
+                if live or frame.index % options.every == 0:
+                    rgb = cv2.cvtColor(frame.bgr, cv2.COLOR_BGR2RGB)
+                    faces = analyzer.analyze(frame.index, frame.timestamp_s, rgb)
+                    processed += 1
+                    faces_total += len(faces)
+                    if log is not None:
+                        log.write(faces)
+                # 2. draw the latest labels; show and record
+                elapsed = time.perf_counter() - start
+                annotated = draw_faces(frame.bgr, faces, processed / elapsed if elapsed > 0 else None)
+                if recorder is not None:
+                    recorder.write(annotated, frame.index - last_written)
+                    last_written = frame.index
+                if not window.show(annotated):
+                    LOG.info("stopped from the window")
+                    break
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (docker stop, timeout)
         LOG.info("interrupted; closing the outputs")
     finally:
         seconds = time.perf_counter() - start
@@ -561,6 +579,24 @@ def run_live(source: int | str, options: LiveOptions = LiveOptions(), handler=No
         raise ValueError(f"no frame could be read from {uri!r}")
     return LiveStats(reader.frames_read, processed, faces_total, seconds, analyzer.detect_s, analyzer.infer_s,
                      reader.problem)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``docker stop``, ``systemctl stop``, ``timeout``) stops the loop as Ctrl-C does, so the
+    recording and the log are closed whole (a Parquet file without its footer cannot be read)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ---- command line ------------------------------------------------------------------------------

@@ -128,12 +128,22 @@ def test_main_reports_bad_arguments(argv, message, capsys):
 
 
 @pytest.mark.parametrize("flag", ["--record", "--log"])
-def test_an_output_that_is_the_source_is_refused(tmp_path, capsys, flag):
+@pytest.mark.parametrize("as_url", [False, True])
+def test_an_output_that_is_the_source_is_refused(tmp_path, capsys, flag, as_url):
     source = write_video(tmp_path / "clip.mp4", frames=5, fps=10.0)
     before = source.read_bytes()
-    assert live.main(["--source", str(source), "--no_display", flag, str(tmp_path / "." / "clip.mp4")]) == 2
+    given = f"file://{source}" if as_url else str(source)  # FFmpeg reads file: URLs as files
+    assert live.main(["--source", given, "--no_display", flag, str(tmp_path / "." / "clip.mp4")]) == 2
     assert "is the source itself" in capsys.readouterr().err
     assert source.read_bytes() == before
+
+
+def test_the_log_and_the_recording_must_be_two_files(tmp_path, capsys):
+    source = write_video(tmp_path / "clip.mp4", frames=5, fps=10.0)
+    out = str(tmp_path / "out.mp4")
+    assert live.main(["--source", str(source), "--no_display", "--record", out, "--log", out]) == 2
+    assert "--log and --record name the same file" in capsys.readouterr().err
+    assert not os.path.exists(out)
 
 
 def test_a_file_name_is_taken_as_given(tmp_path, monkeypatch):
@@ -191,6 +201,49 @@ def test_file_every_n_frames_with_log_in_row_groups(tmp_path):
     assert [r["timestamp_s"] for r in rows] == pytest.approx([0, 0, 0.3, 0.3, 0.6, 0.6, 0.9, 0.9])
     assert {r["run_id"] for r in rows} == {"r1"} and {r["source_type"] for r in rows} == {"video"}
     assert {r["emotion_model"] for r in rows} == {SPECS[0].tag}
+
+
+def test_sigterm_stops_the_run_with_its_outputs_whole(tmp_path):
+    # docker stop, systemctl stop and timeout send SIGTERM: the log lost its footer (unreadable)
+    import signal
+
+    video = write_video(tmp_path / "v.mp4", frames=30, fps=10.0, brightness=lambda i: 125)
+    opts = FAKE_OPTIONS._replace(record=str(tmp_path / "out.mp4"), log=str(tmp_path / "faces.parquet"),
+                                 row_group_rows=1)
+    detect, calls = fake_detector_factory("mtcnn"), []
+
+    def detector(rgb):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return detect(rgb)
+
+    detector.min_face = detect.min_face
+    handler = FakeHandler()
+    unheard = []  # where the signal goes unless the run takes it (the default would end pytest)
+
+    def mine(*_):
+        unheard.append(1)
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        stats = live.run_live(str(video), opts, handler=handler, models=handler.load_model(), detector=detector)
+        assert not unheard and 0 < stats.frames_processed < 30
+        assert signal.getsignal(signal.SIGTERM) is mine  # put back after the run
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert {r["frame_index"] for r in pq.read_table(opts.log).to_pylist()} == set(range(stats.frames_processed))
+    assert len(_read_all(opts.record)) == stats.frames_processed  # the frame it stopped in is not drawn
+
+
+def test_a_recording_of_frames_too_wide_for_the_encoder_is_scaled_down(tmp_path):
+    video = write_video(tmp_path / "wide.avi", frames=3, fps=10.0, size=(8640, 64), fourcc="MJPG")
+    opts = FAKE_OPTIONS._replace(record=str(tmp_path / "out.mp4"))
+    handler = FakeHandler()
+    live.run_live(str(video), opts, handler=handler, models=handler.load_model(),
+                  detector=fake_detector_factory("mtcnn"))
+    frames = _read_all(opts.record)
+    assert len(frames) == 3 and frames[0].shape[:2] == (30, 4096)
 
 
 def test_live_reading_drops_nothing_it_records(tmp_path):

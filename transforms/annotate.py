@@ -23,6 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 from transforms import drawing, imaging, video
 from transforms.common import count
 from transforms.sources import ReadOptions, local_copy
+from transforms.video import MAX_VIDEO_SIDE
 
 __all__ = ["Annotate", "annotated_name"]
 
@@ -31,8 +32,6 @@ LOG = logging.getLogger(__name__)
 
 # Longest stem kept in an annotated copy's name, in UTF-8 bytes: file systems allow 255 bytes a name.
 MAX_STEM_BYTES = 200
-# Longest side of an annotated clip's frames: MPEG-4 (mp4v) encoders refuse frames of 8192 pixels and more.
-MAX_VIDEO_SIDE = 4096
 # Longest side of an annotated picture: JPEG counts sides in 16 bits, and libjpeg stops at 65500.
 MAX_JPEG_SIDE = 65500
 

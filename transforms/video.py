@@ -21,8 +21,9 @@ import numpy as np
 
 from transforms.imaging import describe_content
 
-__all__ = ["VideoError", "VideoInfo", "probe_video", "declared_frames", "container_fps", "frame_time", "video_problem",
-           "constant_frame_rate", "sample_slot", "is_sampled", "split_ranges", "truncation", "read_frames"]
+__all__ = ["MAX_VIDEO_SIDE", "VideoError", "VideoInfo", "probe_video", "declared_frames", "container_fps", "frame_time",
+           "video_problem", "constant_frame_rate", "sample_slot", "is_sampled", "split_ranges", "truncation",
+           "read_frames"]
 
 # Frame rate assumed when a container reports none (OpenCV gives 0 or NaN for some streams) and the
 # first two frames' presentation times do not tell it either.
@@ -30,6 +31,8 @@ DEFAULT_FPS = 25.0
 # A reported rate from here up is taken for a time base, not a frame rate (Matroska and WebM streams
 # report 1000/s, their millisecond clock), and the rate is measured from the frames' own times.
 PLAUSIBLE_FPS = 1000.0
+# Longest side of the frames of a video facebeam writes: MPEG-4 (mp4v) encoders refuse 8192 pixels and more.
+MAX_VIDEO_SIDE = 4096
 
 
 class VideoError(ValueError):
