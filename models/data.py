@@ -216,6 +216,9 @@ def load_utkface(path: str | os.PathLike, size: int = 64, validation: bool | Non
         bad = (race < -1) | (race > 4)
         if bad.any():
             raise ValueError(f"{path}: {int(bad.sum())} race labels outside 0..4, e.g. {race[bad][0]}")
+        if validation is not None and "filenames" not in d.files:
+            raise ValueError(f"{path}: has no filenames, by which the validation split is made (a split by row "
+                             "would hold back other faces than training did)")
         names = _names(path, d, n)
         keep = np.arange(n) if validation is None else np.flatnonzero(validation_mask(names) == validation)
         images = np.empty((len(keep), size, size, 3), np.uint8)

@@ -276,6 +276,8 @@ def test_utkface_file_of_the_layout_loads(tmp_path):
     d = fdata.load_utkface(_utk_file(tmp_path / "u.npz", race=None, filenames=None), size=16)
     assert d.images.shape == (4, 16, 16, 3) and list(d.gender) == [0, 1, 0, 1] and list(d.race) == [-1] * 4
     assert list(d.filenames) == ["0", "1", "2", "3"] and list(d.age) == [1, 21, 41, 61]
+    with pytest.raises(ValueError, match="has no filenames, by which the validation split is made"):
+        fdata.load_utkface(_utk_file(tmp_path / "u.npz", filenames=None), size=16, validation=True)
 
 
 def test_file_names_stored_as_bytes_split_as_text(tmp_path):
