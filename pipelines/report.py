@@ -130,7 +130,8 @@ class ReportData:
       ``group_emotions``: faces per top emotion of each listed group.
     - ``age_gender``: (age_group, gender, faces), age groups by age; ``genders``: (gender, faces,
       mean gender_confidence, mean age); ``age_summary``: (mean, median, min, max) of age.
-    - ``timelines``: the ``max_videos`` videos with most faces, of ``videos_total``.
+    - ``timelines``: the ``max_videos`` videos with most faces, of ``videos_total`` (a video's
+      faces from each run are a timeline of their own, and count apart).
     - ``confidence_bins``: (low, high, faces) of equal-width bins over the observed detection
       confidences; ``confidence_missing``: faces without one; ``detectors``: (detector, faces,
       faces with a confidence, mean confidence).
@@ -254,16 +255,25 @@ def _timeline(con, uri: str, run_id: str, shown_run: bool, emotions: tuple[str, 
 
 
 def _gallery(con, k: int, has_crops: bool) -> list[GalleryFace]:
-    crop = "crop_jpeg" if has_crops else "NULL::BLOB"
-    rows = con.execute(f"""
-        SELECT emotion, rank, emotion_confidence, timestamp_s, source_uri, source_type, frame_index,
-               x1, y1, x2, y2, image_width, image_height, {crop}
-        FROM (SELECT *, row_number() OVER (
+    # Ranked without the crops, whose bytes are fetched for the chosen faces only: carried through
+    # the ranking, every stored crop of the output was held in memory.
+    ranked = """
+        SELECT emotion, rank, emotion_confidence, timestamp_s, source_uri, source_type, frame_index, face_index,
+               x1, y1, x2, y2, image_width, image_height, run_id
+        FROM (SELECT emotion, emotion_confidence, timestamp_s, source_uri, source_type, frame_index, face_index,
+                     x1, y1, x2, y2, image_width, image_height, run_id, row_number() OVER (
                   PARTITION BY emotion
                   ORDER BY emotion_confidence DESC NULLS LAST, source_uri, frame_index NULLS FIRST, face_index)
                   AS rank
               FROM faces)
-        WHERE rank <= ? ORDER BY emotion, rank""", [k]).fetchall()
+        WHERE rank <= ?"""
+    crop = "(SELECT any_value(f.crop_jpeg) FROM faces f WHERE f.source_uri = g.source_uri AND f.run_id IS NOT " \
+           "DISTINCT FROM g.run_id AND f.frame_index IS NOT DISTINCT FROM g.frame_index AND f.face_index IS NOT " \
+           "DISTINCT FROM g.face_index AND f.emotion IS NOT DISTINCT FROM g.emotion)" if has_crops else "NULL::BLOB"
+    rows = con.execute(f"""
+        SELECT emotion, rank, emotion_confidence, timestamp_s, source_uri, source_type, frame_index,
+               x1, y1, x2, y2, image_width, image_height, {crop}
+        FROM ({ranked}) g ORDER BY emotion, rank""", [k]).fetchall()
     return [GalleryFace(e, int(rank), None if conf is None else float(conf), ts,
                         FaceRef(uri, stype, frame, (x1, y1, x2, y2), int(w), int(h),
                                 bytes(jpeg) if jpeg is not None else None))
@@ -312,7 +322,12 @@ def collect(con: duckdb.DuckDBPyConnection, output_dir: str, options: ReportOpti
     group = group_expression(options.group_by, options.group_regex)
     try:
         con.execute(f"SELECT {group} FROM (SELECT ''::VARCHAR AS source_uri)").fetchall()
+        if options.group_by == "regex":  # RE2 syntax Python does not parse: DuckDB counts the groups
+            con.execute("SELECT regexp_extract('', ?, ['group'])", [options.group_regex]).fetchall()
     except duckdb.Error as e:
+        if "Not enough capturing groups" in str(e):
+            raise ValueError(f"--group_regex {options.group_regex!r} has no capture group; put the group name in "
+                             "(...)") from None
         raise ValueError(f"bad --group_regex {options.group_regex!r}: {e}") from None
     face_columns = columns_of(con, "faces")
     emotions = tuple(c[2:] for c in face_columns if c.startswith("p_"))
@@ -429,15 +444,17 @@ def _emotion_chart(data: ReportData) -> str:
 
 
 def _groups_chart(data: ReportData) -> str:
-    shown = data.groups[:30]
+    shown = data.groups  # every group the table lists (--max_groups)
     fig = _figure(8, 1.2 + 0.3 * len(shown))
     ax = fig.subplots()
-    labels = [_short(str(g[0])) for g in shown]
+    # Rows by position, labelled after: groups whose shortened names are alike keep rows of their own.
+    rows = list(range(len(shown)))
     left = [0.0] * len(shown)
     for i, e in enumerate(data.emotions):
         shares = [data.group_emotions.get(g[0], {}).get(e, 0) / g[3] if g[3] else 0.0 for g in shown]
-        ax.barh(labels, shares, left=left, color=_colour(e, i), label=e)
+        ax.barh(rows, shares, left=left, color=_colour(e, i), label=e)
         left = [a + b for a, b in zip(left, shares)]
+    ax.set_yticks(rows, [_short(str(g[0])) for g in shown])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of the group's faces")
@@ -607,8 +624,8 @@ def _timelines_html(d: ReportData, charts: dict[str, str]) -> str:
         return "<p>No faces in videos.</p>"
     parts = []
     if d.videos_total > len(d.timelines):
-        parts.append(f'<p class="note">The {len(d.timelines)} videos with most faces of {d.videos_total} '
-                     "are shown.</p>")
+        parts.append(f'<p class="note">The {len(d.timelines)} timelines with most faces of {d.videos_total} '
+                     "are shown (one per video and run).</p>")
     for i, t in enumerate(d.timelines):
         detail = f"{t.frames} frames with faces"
         if d.has_tracks:

@@ -59,7 +59,11 @@ def read_table(output: str, name: str, columns: list[str] | None = None) -> pa.T
     tables = []
     for path in files:
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            tables.append(pq.read_table(pa.BufferReader(f.read()), columns=columns))
+            # A seekable stream (GCS, S3) is read at the footer and the wanted columns only: read whole,
+            # a shard's stored crops were downloaded to count its emotions.
+            seekable = getattr(f, "seekable", None)
+            source = f if seekable is not None and seekable() else pa.BufferReader(f.read())
+            tables.append(pq.read_table(source, columns=columns))
     return pa.concat_tables(tables, promote_options="default")
 
 

@@ -536,6 +536,43 @@ def test_output_on_a_remote_filesystem_is_written_summarised_and_skipped_from(tm
     assert summarize(str(tmp_path / "run[1]")) == s
 
 
+def test_a_remote_shard_is_read_only_where_the_wanted_columns_are(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.summary import read_table
+
+    monkeypatch.setattr(DiskBackedFileSystem, "ROOT", str(tmp_path))
+    blobs = [np.random.default_rng(i).bytes(100_000) for i in range(20)]  # 2 MB of stored crops
+    (tmp_path / "out").mkdir()
+    pq.write_table(pa.table({"emotion": ["happy"] * 20, "crop_jpeg": blobs}),
+                   tmp_path / "out" / "faces-00000-of-00001.parquet")
+    read = []
+    opened = DiskBackedFileSystem.open
+
+    class Counting:  # the opened file, counting the bytes read from it
+        def __init__(self, f):
+            self._f = f
+
+        def read(self, size=-1):
+            data = self._f.read(size)
+            read.append(len(data))
+            return data
+
+        def __getattr__(self, name):
+            return getattr(self._f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._f.close()
+
+    monkeypatch.setattr(DiskBackedFileSystem, "open", lambda self, path, *a, **k: Counting(opened(self, path, *a, **k)))
+    assert read_table("fbtest://out", "faces", ["emotion"]).column("emotion").to_pylist() == ["happy"] * 20
+    assert 0 < sum(read) < 100_000
+
+
 def test_a_summary_that_cannot_be_read_back_does_not_fail_a_finished_run(tmp_path, monkeypatch, capsys):
     from pipelines import analyze
 

@@ -184,8 +184,25 @@ def test_folder_expression(uri, folder):
     assert duckdb.execute(f"SELECT {expr} FROM (SELECT ?::VARCHAR AS source_uri)", [uri]).fetchall() == [(folder,)]
 
 
+def test_every_listed_group_has_a_row_of_its_own_in_the_chart(monkeypatch):
+    # 35 groups (the table lists up to --max_groups 40), two of them alike in their last 40 characters
+    from types import SimpleNamespace
+
+    names = [f"/archive/site{c}/2024-06-01/conference-room-camera-north" for c in "AB"]
+    names += [f"/archive/folder_{i}" for i in range(33)]
+    data = SimpleNamespace(groups=[(g, 1, 0, 2) for g in names], emotions=("happy", "sad"),
+                           group_emotions={g: {"happy": 1, "sad": 1} for g in names})
+    figures = []
+    monkeypatch.setattr(report, "_png", lambda fig: figures.append(fig) or "")
+    report._groups_chart(data)
+    ax = figures[0].axes[0]
+    rows = {round(bar.get_y() + bar.get_height() / 2, 6) for bar in ax.patches}
+    assert len(rows) == 35 and len(ax.get_yticklabels()) == 35
+
+
 @pytest.mark.parametrize("args,message", [
     (["--group_regex", "shoot_"], "no capture group"),
+    (["--group_regex", r"\pL+"], "no capture group"),  # RE2 syntax Python cannot parse
     (["--group_regex", "(unclosed"], "bad --group_regex"),
     (["--group_by", "regex"], "needs --group_regex"),
     (["--group_by", "folder", "--group_regex", "(a)"], "needs --group_by regex"),
@@ -224,6 +241,19 @@ def test_tracks_and_stored_crops_are_used(rich, tmp_path, media):
     assert "2 tracks" in text.split('id="timelines"')[1]
     stored = _sql(rich, "SELECT crop_jpeg FROM faces WHERE crop_jpeg IS NOT NULL")[0][0]
     assert base64.b64encode(stored).decode() in text and 'class="placeholder"' not in text
+
+
+def test_each_gallery_face_carries_its_own_stored_crop(media, tmp_path):
+    faces, sources, _ = _rows(media)
+    crops = [f"crop {i}".encode() for i in range(len(faces))]
+    out = write_output(tmp_path / "out", faces_table(faces, crop_jpeg=crops), sources)
+    data = report.collect(sql.connect(out), str(out), report.ReportOptions(gallery_size=3))
+    assert data.gallery
+    for g in data.gallery:
+        want = duckdb.execute(f"SELECT crop_jpeg FROM read_parquet('{out}/faces-*.parquet') WHERE source_uri = ? "
+                              "AND frame_index IS NOT DISTINCT FROM ? AND x1 = ? AND emotion = ?",
+                              [g.ref.source_uri, g.ref.frame_index, g.ref.box[0], g.emotion]).fetchall()
+        assert [bytes(w) for w, in want] == [g.ref.crop_jpeg]
 
 
 def test_timelines_per_track_equal_sql(rich):
