@@ -43,7 +43,7 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--name", default="emotion_embedding", help="file name (without .keras) of the model")
     s.add_argument("--epochs", type=number(int, at_least=1), default=30, help="epochs of the classifier's schedule")
     s.add_argument("--stop_after", type=number(int, at_least=0), default=0,
-                   help="end this sitting after this many epochs of the schedule (0: all); rerun to go on")
+                   help="end this sitting after this many more epochs (0: the rest of the schedule); rerun to go on")
     s.add_argument("--batch_size", type=number(int, at_least=1), default=256, help="training batch size")
     s.add_argument("--lr", type=number(above=0), default=1e-3, help="peak learning rate (AdamW, cosine)")
     s.add_argument("--weight_decay", type=number(at_least=0), default=1e-4, help="AdamW weight decay")
@@ -55,7 +55,8 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--label_set", default="7", choices=sorted(fdata.LABEL_SETS), help="7, 6 or 5 classes")
     s.add_argument("--clean", action="store_true", help="drop FER+ 'not a face' images from training")
     s.add_argument("--class_weight", action="store_true", help="weight the loss by inverse class frequency")
-    s.add_argument("--seed", type=int, default=1, help="random seed (data order, init, augmented views)")
+    s.add_argument("--seed", type=number(int, at_least=0, at_most=2 ** 32 - 1), default=1,
+                   help="random seed (data order, init, augmented views)")
     s.add_argument("--threads", type=number(int, at_least=0), default=0, help="TF intra-op threads (0: all cores)")
     s.add_argument("--limit", type=number(int, at_least=0), default=0, help="use only the first N faces (smoke runs)")
 

@@ -37,7 +37,11 @@ def run_recipe(argv: list[str], directory: Path) -> dict:
     sidecar = directory / "model.json"
     if sidecar.exists():
         record = json.loads(sidecar.read_text())
-        if record["recipe"] != json.loads(json.dumps(args.recipe)):
+
+        def settings(recipe: dict) -> dict:  # a row's schedule may grow, as models.train allows
+            return {k: v for k, v in recipe.items() if k not in train._MAY_CHANGE}
+
+        if settings(record["recipe"]) != settings(json.loads(json.dumps(args.recipe))):
             raise ValueError(f"{directory} was trained with other settings ({record['command']}); "
                              "use another work folder or delete this one")
         if len(record.get("history", [])) >= args.epochs:

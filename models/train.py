@@ -25,6 +25,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -91,7 +92,7 @@ def inverse_frequency_weights(labels: np.ndarray, num_classes: int) -> dict[int,
 
 def fit_resumable(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: str, mode: str, class_weight=None,
                   stop_after: int = 0, keep=None, command: str | None = None, snapshot_from: int = 0):
-    """Trains to ``epochs`` (or to ``stop_after`` of them), resuming from ``workdir``'s last epoch.
+    """Trains to ``epochs`` (or ``stop_after`` more of them), resuming from ``workdir``'s last epoch.
 
     Returns (path of the best epoch's model, seconds of this sitting). ``keep`` is the model saved
     as the best epoch when it is not ``model`` itself (a training wrapper's inner model). Each
@@ -99,7 +100,8 @@ def fit_resumable(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: 
     extended (rerun with more ``epochs`` in the same workdir) says so in its record. A run
     whose history already holds ``epochs`` epochs is not fitted again: its kept model is the
     result, so a run trained elsewhere (its ``best.keras`` and ``history.csv`` copied over, say
-    from a GPU machine with another Keras backend) is finished here by the same command. With
+    from a GPU machine with another Keras backend) is finished here by the same command (a longer
+    schedule needs its ``backup/`` too, the state training goes on from). With
     ``snapshot_from``, the weights at the end of every epoch from that (1-based) one on are kept
     too, for ``models.swa``.
     """
@@ -120,8 +122,14 @@ def fit_resumable(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: 
     # The backup is written last at the end of an epoch: where a kill came before it, the epochs the
     # history has beyond it are trained again (read_history keeps an epoch's latest row).
     done = backed_up_epochs(workdir / "backup")
-    done = len(history) if done is None else min(done, len(history))
+    if done is None and history:
+        # fit would start over from fresh weights and write over the history of the epochs trained
+        raise RecipeMismatch(f"{workdir} holds {len(history)} trained epochs but not their training state (its "
+                             f"backup/ folder) to go on from: give --epochs {len(history)} to finish with its kept "
+                             "model, or use another --workdir")
+    done = min(done or 0, len(history))
     history = history[:done]
+    target = min(done + stop_after, epochs) if stop_after else epochs
     seen = [h[monitor] for h in history if monitor in h] if best.exists() else []
     # The backup resumes the weights and the optimizer at epoch ``done``; the batches too, or every
     # sitting would start over with the first epoch's order and augmented faces.
@@ -141,11 +149,11 @@ def fit_resumable(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: 
         callbacks.insert(1, EpochWeights(workdir, snapshot_from, keep))
     # shuffle=False: the batches are shuffled per epoch, seeded, by the dataset itself (models.feed);
     # Keras' own shuffling of their order restarts with every sitting.
-    model.fit(train_ds, validation_data=val_ds, epochs=min(stop_after or epochs, epochs), callbacks=callbacks,
+    model.fit(train_ds, validation_data=val_ds, epochs=target, callbacks=callbacks,
               class_weight=class_weight, verbose=2, shuffle=False)
     trained = read_history(workdir)
     diverged = [int(h["epoch"]) + 1 for h in trained if not _finite_losses(h)]
-    if diverged or len(trained) < min(stop_after or epochs, epochs) or not best.exists():
+    if diverged or len(trained) < target or not best.exists():
         # TerminateOnNaN ended it, or no epoch had a finite loss to keep
         raise TrainingDiverged(f"{workdir}: the training diverged (its loss became NaN"
                                + (f" at epoch {diverged[0]}" if diverged else "")
@@ -380,6 +388,7 @@ def train_emotion(args: argparse.Namespace) -> dict:
                        train_accuracy=float(np.mean(teacher.argmax(1) == y_tr)))
         LOG.info("teachers %s agree with %.1f%% of the training labels", args.teacher, 100 * distill["train_accuracy"])
         t_tr = mix_targets(t_tr, soften(teacher, args.teacher_temperature), args.distill)
+    faces = len(x_tr)
     if args.oversample:
         idx = _oversample(y_tr, args.oversample, rng)
         x_tr, t_tr, y_tr = x_tr[idx], t_tr[idx], y_tr[idx]
@@ -413,7 +422,8 @@ def train_emotion(args: argparse.Namespace) -> dict:
     model = keras.models.load_model(best, compile=False)
     record = {
         "task": "emotion", "classes": list(classes), "input": [48, 48, 1], "template": list(fdata.FER_TEMPLATE), "params": model.count_params(),
-        "command": args.command, "recipe": args.recipe, "train_faces": int(len(x_tr)),
+        "command": args.command, "recipe": args.recipe, "train_faces": int(faces),
+        **({"train_samples": int(len(x_tr))} if len(x_tr) != faces else {}),  # with the oversampled copies
         "train_seconds_this_sitting": round(seconds, 1), "train_seconds": train_seconds(history), "history": history,
         "sittings": read_sittings(Path(args.workdir)), **({"init": init} if init else {}),
         **({"swa": swa} if swa else {}), **({"distill": distill} if distill else {}),
@@ -552,7 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--epochs", type=number(int, at_least=1), default=defaults["epochs"],
                        help="epochs in the schedule")
         s.add_argument("--stop_after", type=number(int, at_least=0), default=0,
-                       help="end this sitting after this many epochs of the schedule (0: all); rerun to go on")
+                       help="end this sitting after this many more epochs (0: the rest of the schedule); rerun to "
+                            "go on")
         s.add_argument("--batch_size", type=number(int, at_least=1), default=128, help="training batch size")
         s.add_argument("--lr", type=number(above=0), default=defaults["lr"], help="peak learning rate (AdamW, cosine)")
         s.add_argument("--weight_decay", type=number(at_least=0), default=1e-4, help="AdamW weight decay")
@@ -565,7 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start from this model's weights (a name in models/weights, or a .keras path with its "
                             "sidecar) with a fresh schedule: a warm restart of a finished model; same network")
         s.add_argument("--no_augment", action="store_true", help="train without augmentation")
-        s.add_argument("--seed", type=int, default=1, help="random seed (data order, init, augmentation)")
+        s.add_argument("--seed", type=number(int, at_least=0, at_most=2 ** 32 - 1), default=1,
+                       help="random seed (data order, init, augmentation)")
         s.add_argument("--threads", type=number(int, at_least=0), default=0, help="TF intra-op threads (0: all cores)")
         s.add_argument("--workers", type=number(int, at_least=1), default=1,
                        help="threads preparing (augmenting) batches")
@@ -633,6 +645,10 @@ def check_recipe(workdir: Path, recipe: dict) -> None:
     path = workdir / "recipe.json"
     recipe = json.loads(json.dumps(recipe))
     # Until an epoch is trained the folder holds no run: a command corrected after a failed start goes on.
+    if read_history(workdir) and not path.is_file():
+        raise RecipeMismatch(f"{workdir} holds trained epochs but not the recipe.json they were trained with, "
+                             "against which this command's settings are checked: copy the whole folder, or use "
+                             "another --workdir")
     if path.is_file() and read_history(workdir):
         kept = json.loads(path.read_text())
         changed = sorted(k for k in set(kept) | set(recipe) if k not in _MAY_CHANGE and kept.get(k) != recipe.get(k))
@@ -648,16 +664,22 @@ def check_recipe(workdir: Path, recipe: dict) -> None:
         Path(part).write_text(json.dumps(recipe, indent=2) + "\n")
 
 
-def check_out(out: Path | str, name: str) -> Path:
+def check_out(out: Path | str, name: str, inputs: Iterable[tuple[str, str | None]] = ()) -> Path:
     """The folder ``--out`` for ``name``'s files, checked before any work: one the user can make or
     write to, and not the place of a shipped model (its sha256 is pinned, and a retrained model differs
-    in every weight, after which the pipeline refuses the file)."""
+    in every weight, after which the pipeline refuses the file) or of a model the run reads (``inputs``:
+    (flag, model) pairs such as ``--init``; the next sitting would read the new file for the old)."""
     from models.registry import SHIPPED, WEIGHTS_DIR
 
     out = Path(out)
-    if name in SHIPPED and (out / f"{name}.keras").resolve() == (WEIGHTS_DIR / f"{name}.keras").resolve():
+    target = (out / f"{name}.keras").resolve()
+    if name in SHIPPED and target == (WEIGHTS_DIR / f"{name}.keras").resolve():
         raise ValueError(f"--out {out} --name {name} would replace the shipped model {name}, whose sha256 "
                          "facebeam pins: write it elsewhere (the default --out is runs/out)")
+    for flag, model in inputs:
+        if model and Path(model).suffix == ".keras" and Path(model).resolve() == target:
+            raise ValueError(f"--out {out} --name {name} would replace {model}, which {flag} reads: give the "
+                             "new model another --name or --out")
     # Nothing is made here, so that a run refused later leaves no folder behind; write_outputs makes it.
     there = out.absolute()
     while not there.exists() and there != there.parent:
@@ -669,7 +691,9 @@ def check_out(out: Path | str, name: str) -> Path:
 
 def run(args: argparse.Namespace) -> dict:
     """Trains the recipe of ``parse_args``' result and returns its sidecar record."""
-    check_out(args.out, args.name)
+    check_out(args.out, args.name, [("--init", getattr(args, "init", None)),
+                                    *(("--teacher", t) for t in getattr(args, "teacher", None) or ()),
+                                    ("--base", getattr(args, "base", None))])
     if not (Path(args.data_dir)).is_dir():
         raise FileNotFoundError(f"--data_dir {args.data_dir}: no such folder (it holds fer2013/ and utkface/, "
                                 "see models/data.py)")

@@ -167,6 +167,28 @@ def test_a_run_with_all_epochs_trained_is_not_fitted_again(tmp_path):
     assert again == elsewhere / "best.keras" and seconds == 0.0
     assert len(read_history(elsewhere)) == 1 and len(read_sittings(elsewhere)) == 1
     assert not (elsewhere / "backup").exists()
+    # Without the training state it cannot go on: a longer schedule started over, writing over the history.
+    from models.train import RecipeMismatch
+
+    with pytest.raises(RecipeMismatch, match="1 trained epochs but not their training state"):
+        fit_resumable(fresh, data, Batches(x, y, batch_size=8), 2, elsewhere, "val_accuracy", "max")
+    assert len(read_history(elsewhere)) == 1 and len(read_sittings(elsewhere)) == 1
+
+
+def test_a_trained_workdir_without_its_recipe_is_refused(tmp_path):
+    from models.train import RecipeMismatch, check_recipe
+
+    (tmp_path / "history.csv").write_text("epoch,loss,val_loss\n0,1.0,1.0\n")
+    with pytest.raises(RecipeMismatch, match="not the recipe.json they were trained with"):
+        check_recipe(tmp_path, {"lr": 0.05})
+    assert not (tmp_path / "recipe.json").exists()
+
+
+def test_a_sitting_of_stop_after_n_trains_n_more_epochs(tmp_path):
+    x = _faces(n=24, size=48, channels=1)
+    y = np.eye(7, dtype=np.float32)[np.arange(24) % 7]
+    # the second sitting of --stop_after 1 trained nothing ("rerun to go on" made no progress)
+    assert len(_fit_in_sittings(tmp_path / "w", [1, 1], x, y)) == 2
 
 
 def test_a_killed_sitting_still_logs_the_epochs_it_finished(tmp_path):
@@ -351,7 +373,7 @@ def test_training_caches_are_whole_or_computed_again(tmp_path):
     ("--epochs", "0"), ("--epochs", "-2"), ("--stop_after", "-1"), ("--batch_size", "0"), ("--lr", "nan"),
     ("--lr", "0"), ("--dropout", "1.5"), ("--dropout", "1"), ("--widths", "0"), ("--limit", "-5"),
     ("--label_smoothing", "3"), ("--oversample", "-1"), ("--distill", "1.5"), ("--teacher_temperature", "0"),
-    ("--weight_decay", "inf"), ("--workers", "0"), ("--epochs", "two"),
+    ("--weight_decay", "inf"), ("--workers", "0"), ("--epochs", "two"), ("--seed", "-1"), ("--seed", "4294967296"),
 ])
 def test_training_settings_out_of_range_are_refused_before_anything_runs(option, value, capsys):
     from models import train
@@ -458,3 +480,26 @@ def test_a_rows_own_flag_is_refused_abbreviated_too(tmp_path):
     for flag in ("--stop_after", "--stop", "--out=x", "--wo"):
         with pytest.raises(ValueError, match="are set per row"):
             run_recipe(["emotion", flag, "1"], tmp_path)
+
+
+def test_a_rows_schedule_may_grow(tmp_path, monkeypatch):
+    from models import runs, train
+
+    args = train.parse_args(["emotion", "--epochs", "3", "--workdir", "w", "--out", "o", "--name", "model"])
+    done = {"recipe": args.recipe, "command": args.command, "history": [{"epoch": i} for i in range(3)]}
+    (tmp_path / "model.json").write_text(json.dumps(done))
+    monkeypatch.setattr(train, "run", lambda a: {"trained to": a.epochs})
+    assert runs.run_recipe(["emotion", "--epochs", "3"], tmp_path) == done
+    assert runs.run_recipe(["emotion", "--epochs", "5"], tmp_path) == {"trained to": 5}  # it was refused
+    with pytest.raises(ValueError, match="was trained with other settings"):
+        runs.run_recipe(["emotion", "--epochs", "5", "--lr", "0.1"], tmp_path)
+
+
+def test_a_model_the_run_reads_is_never_its_output(tmp_path, capsys):
+    from models import train
+
+    out = tmp_path / "o"
+    argv = ["emotion", "--workdir", str(tmp_path / "w"), "--data_dir", str(tmp_path), "--out", str(out), "--name", "m"]
+    assert train.main([*argv, "--init", str(out / "m.keras")]) == 2
+    assert train.main([*argv, "--teacher", "emotion_v2", str(tmp_path / "o" / "." / "m.keras")]) == 2
+    assert capsys.readouterr().err.count("which --") == 2 and not (tmp_path / "w").exists()

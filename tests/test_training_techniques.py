@@ -134,6 +134,15 @@ def test_adversarial_recipe_resumes_and_writes_a_plain_model(fer_dir, tmp_path):
     assert {"ece_before", "ece_after", "ece_after_cross_fitted"} <= set(calibration)
 
 
+def test_an_oversampled_recipe_records_its_faces_and_its_samples(fer_dir, tmp_path):
+    from models import train
+
+    assert train.main(["emotion", "--data_dir", str(fer_dir), "--workdir", str(tmp_path / "w"), "--out",
+                       str(tmp_path / "o"), "--epochs", "1", "--limit", "50", "--oversample", "1", *TINY]) == 0
+    record = json.loads((tmp_path / "o" / "emotion.json").read_text())
+    assert record["train_faces"] == 50 < record["train_samples"]  # the copies were counted as faces
+
+
 def test_adversarial_age_gender_recipe(tmp_path):
     from models import train
 
