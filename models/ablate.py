@@ -143,7 +143,7 @@ def ablate(names: list[str], s: _Settings) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    p = argparse.ArgumentParser(prog="python -m models.ablate", description=__doc__,
+    p = argparse.ArgumentParser(prog="facebeam ablate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=("emotion",), help="which recipe to ablate")
     p.add_argument("--epochs", type=number(int, at_least=1), required=True,

@@ -136,7 +136,7 @@ def calibration_record(probs: np.ndarray, labels: np.ndarray, filenames: np.ndar
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m models.calibration", description=__doc__,
+    p = argparse.ArgumentParser(prog="facebeam calibrate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODELS["emotion"],
                    help="shipped emotion model name or .keras path with sidecar")

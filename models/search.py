@@ -89,7 +89,7 @@ def _write(table: dict, workdir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    p = argparse.ArgumentParser(prog="python -m models.search", description=__doc__,
+    p = argparse.ArgumentParser(prog="facebeam search", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=("emotion",), help="which recipe to search")
     p.add_argument("--lr", type=number(above=0), nargs="+", default=[2e-3], help="peak learning rates")

@@ -131,6 +131,6 @@ def _cut(face: FaceRef, picture: np.ndarray | None, size: int) -> bytes | None:
         return None
     try:
         x1, y1, x2, y2 = face_box(face.box, face.image_width, face.image_height)
-    except ValueError:
+    except (TypeError, ValueError):  # a box with nothing inside the picture, or a missing (NaN) one
         return None
     return thumbnail_jpeg(picture[y1:y2, x1:x2], size)

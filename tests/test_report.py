@@ -300,8 +300,9 @@ def test_thumbnails_from_image_video_and_stored_crop(media):
     resized = photo._replace(image_width=240)  # the file is not the picture the box was found in
     remote = photo._replace(source_uri="gs://bucket/p.jpg")
     stored = remote._replace(crop_jpeg=b"\xff\xd8stored")
-    thumbs = face_thumbnails([photo, frame10, resized, remote, stored])
-    assert thumbs[2:] == [None, None, b"\xff\xd8stored"]
+    unplaced = photo._replace(box=(None, None, None, None))  # NaN, read as missing
+    thumbs = face_thumbnails([photo, frame10, resized, remote, stored, unplaced])
+    assert thumbs[2:] == [None, None, b"\xff\xd8stored", None]
     face = cv2.imdecode(np.frombuffer(thumbs[0], np.uint8), cv2.IMREAD_COLOR)
     assert face.shape == (66, 52, 3)  # the box grown by 15% a side
     grey = cv2.imdecode(np.frombuffer(thumbs[1], np.uint8), cv2.IMREAD_GRAYSCALE)
