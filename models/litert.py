@@ -68,9 +68,14 @@ def flatbuffer(load, name: str, sha256: str, cache: Path | None = None) -> bytes
 
     path = (cache or cache_dir()) / f"{name}-{sha256[:16]}-tf{tf.__version__}.tflite"
     try:
-        return path.read_bytes()
+        cached = path.read_bytes()
     except OSError:
-        pass
+        cached = None
+    if cached is not None:
+        problem = _unreadable(cached)
+        if problem is None:
+            return cached
+        LOG.warning("the cached conversion %s cannot be read (%s); converting %s again", path, problem, name)
     blob = _convert(load())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +84,19 @@ def flatbuffer(load, name: str, sha256: str, cache: Path | None = None) -> bytes
     except OSError as e:
         LOG.warning("could not cache the converted %s in %s: %s", name, path.parent, e)
     return blob
+
+
+def _unreadable(blob: bytes) -> str | None:
+    """Why LiteRT cannot load a flatbuffer (an empty or cut-short cache file), or None."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        return None  # the runtime is missing: told where the model is run
+    try:
+        Interpreter(model_content=blob, num_threads=1)
+    except (ValueError, RuntimeError) as e:
+        return str(e)
+    return None
 
 
 class LiteModel:

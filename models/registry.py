@@ -57,6 +57,11 @@ def replaced_whole(path: str | os.PathLike) -> Iterator[str]:
     part = str(path.with_name(f"{path.name.removesuffix(suffix)}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part{suffix}"))
     try:
         yield part
+        fd = os.open(part, os.O_RDONLY)
+        try:  # on disk before it takes the name: after a crash, the old file or the whole new one
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(part, path)
     finally:
         if os.path.exists(part):

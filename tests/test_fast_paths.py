@@ -170,6 +170,12 @@ def test_litert_conversion_is_cached_by_the_keras_files_hash(loaded_models, ship
     # another file (another hash) is converted, not served the old one
     with pytest.raises(AssertionError, match="converted again"):
         litert.flatbuffer(lambda: models.age_gender, spec.name, "0" * 64, tmp_path)
+    # a cached file cut short (a crash) is converted again and replaced, not used (or failed on) for good
+    monkeypatch.undo()
+    for damaged in (b"", blob[:len(blob) // 2]):
+        cached[0].write_bytes(damaged)
+        assert litert.flatbuffer(lambda: models.age_gender, spec.name, spec.sha256, tmp_path) == blob
+        assert cached[0].read_bytes() == blob
 
 
 def test_litert_cache_that_cannot_be_written_only_costs_the_conversion(loaded_models, shipped_specs, tmp_path,
