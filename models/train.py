@@ -691,13 +691,20 @@ def check_out(out: Path | str, name: str, inputs: Iterable[tuple[str, str | None
 
 def run(args: argparse.Namespace) -> dict:
     """Trains the recipe of ``parse_args``' result and returns its sidecar record."""
-    check_out(args.out, args.name, [("--init", getattr(args, "init", None)),
-                                    *(("--teacher", t) for t in getattr(args, "teacher", None) or ()),
-                                    ("--base", getattr(args, "base", None))])
+    inputs = [("--init", getattr(args, "init", None)), ("--base", getattr(args, "base", None)),
+              *(("--teacher", t) for t in getattr(args, "teacher", None) or ())]
+    check_out(args.out, args.name, inputs)
     if not (Path(args.data_dir)).is_dir():
         raise FileNotFoundError(f"--data_dir {args.data_dir}: no such folder (it holds fer2013/ and utkface/, "
                                 "see models/data.py)")
-    check_recipe(Path(args.workdir), args.recipe)
+    # The models the run reads are part of its recipe by content: a file retrained under the same name
+    # would otherwise meet the epochs trained on the old one (a head on another base's features).
+    from models.registry import resolve
+
+    task = "age-gender" if args.task == "age-gender" else "emotion"  # --init's; teachers and bases are emotion's
+    read = {flag: [resolve(m, task if flag == "--init" else "emotion").sha256 for f, m in inputs if f == flag and m]
+            for flag in dict.fromkeys(f for f, m in inputs if m)}
+    check_recipe(Path(args.workdir), {**args.recipe, **({"input_sha256": read} if read else {})})
     if args.task == "emotion-embedding":
         from models.embedding import train_emotion_embedding
 

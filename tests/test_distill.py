@@ -95,7 +95,7 @@ def test_teacher_targets_are_the_mean_over_views_and_are_kept_for_the_next_sitti
         distill.teacher_targets([str(six)], images, EMOTIONS, "none")
 
 
-def test_the_recipe_trains_on_the_mix_and_records_and_cards_the_teachers(tmp_path, monkeypatch):
+def test_the_recipe_trains_on_the_mix_and_records_and_cards_the_teachers(tmp_path, monkeypatch, capsys):
     import keras
 
     from models import card, train
@@ -139,3 +139,8 @@ def test_the_recipe_trains_on_the_mix_and_records_and_cards_the_teachers(tmp_pat
     assert "and their mirror images, softened at temperature 2;" in sentence and "teachers agree with" in sentence
     assert card.commands_of(record) == ["python -m models.train emotion --name a",
                                         "python -m models.train emotion --name b", record["command"]]
+    # A teacher retrained under the same file is refused in this workdir: its students' epochs were
+    # taught by the old one (the record would name the new).
+    _teacher(tmp_path, name="b", seed=9)
+    assert train.main([*argv[:argv.index("--epochs") + 1], "2", *argv[argv.index("--epochs") + 2:]]) == 2
+    assert "input_sha256" in capsys.readouterr().err
