@@ -199,11 +199,13 @@ def record_sidecar(model_name: str, path: str, as_json: bool, prog: str = "pytho
     from pathlib import Path
 
     from models import data as fdata
-    from models.registry import load_checked, record_in_sidecar, resolve
+    from models.registry import is_uri, load_checked, record_in_sidecar, resolve
     from models.train import FGSM_EPS, emotion_record
 
     try:
         spec = resolve(model_name, "emotion")
+        if is_uri(spec.path):  # checked first: its sidecar is read below
+            raise ValueError(f"{spec.path}: a model on a remote file system; record into a local copy of it")
         meta = json.loads(Path(spec.local_file()).with_suffix(".json").read_text())
         classes = tuple(spec.classes or fdata.LABEL_SETS["7"][0])
         faces = fdata.emotion_targets(fdata.load_fer(path), fdata.label_set_of(classes))

@@ -305,7 +305,7 @@ def test_a_shipped_model_is_found_in_the_installation_that_loads_it(shipped_spec
         verify(local)
 
 
-def test_a_model_on_a_filesystems_uri_is_fetched_into_the_cache(tmp_path, monkeypatch):
+def test_a_model_on_a_filesystems_uri_is_fetched_into_the_cache(tmp_path, monkeypatch, capsys):
     from tests.fakes import DiskBackedFileSystem
 
     monkeypatch.setattr(DiskBackedFileSystem, "ROOT", str(tmp_path / "bucket"))
@@ -324,6 +324,11 @@ def test_a_model_on_a_filesystems_uri_is_fetched_into_the_cache(tmp_path, monkey
     with pytest.raises(ModelIntegrityError):
         verify(spec)
     verify(spec)
+    # figures are recorded into a local sidecar only, and said so before anything is scored
+    from models.calibration import record_sidecar
+
+    assert record_sidecar("fbtest://models/mine.keras", str(tmp_path / "none.npz"), False) == 2
+    assert "a model on a remote file system; record into a local copy" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="not found"):
         resolve("fbtest://models/none.keras", "emotion")
     (tmp_path / "bucket" / "models" / "mine.json").unlink()
