@@ -7,8 +7,8 @@ The model averages the softmax of every member on every view of ``models.tta`` (
 the face as it is; ``flip``: and its mirror image; ``multi``: those zoomed in and out by 8% too).
 The views are part of the graph: each is a fixed resampling of the face, two matrix products
 (rows, then columns) in frozen ``Dense`` layers, the bilinear interpolation with replicated edges
-that ``models.tta`` does with OpenCV (whose interpolation weights are multiples of 1/32: under half a
-grey level apart, a twentieth on average). So the file is an ordinary emotion model with one input and
+that ``models.tta`` does with OpenCV, in OpenCV's own fixed-point positions: the same views, to
+float rounding. So the file is an ordinary emotion model with one input and
 one output: the pipeline (``--emotion_model``), LiteRT, ``facebeam evaluate``, the calibration and
 ``--teacher`` take it as they take a single network (``--tta`` would add views on top of its own).
 
@@ -27,6 +27,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from models import data as fdata
@@ -39,16 +40,20 @@ LOG = logging.getLogger("facebeam.ensemble")
 __all__ = ["zoom_matrix", "view_matrices", "resample", "build_ensemble", "ensemble_emotion", "main"]
 
 
-def zoom_matrix(n: int, scale: float) -> np.ndarray:
-    """(n, n) matrix R with ``R @ line`` the line of ``n`` pixels scaled by ``scale`` about its centre:
-    linear interpolation, the edge pixels repeated beyond the ends (OpenCV's ``warpAffine`` with
-    ``INTER_LINEAR`` and ``BORDER_REPLICATE``, as ``models.tta`` zooms)."""
+def zoom_matrix(n: int, scale: float, rows: bool = True) -> np.ndarray:
+    """(n, n) matrix R with ``R @ line`` the line of ``n`` pixels scaled by ``scale`` about its centre,
+    as ``models.tta`` zooms with OpenCV's ``warpAffine`` (``INTER_LINEAR``, ``BORDER_REPLICATE``):
+    the edge pixels repeated beyond the ends, and each source position in OpenCV's own fixed point
+    (1/1024 of a pixel, rounded to the 1/32 its interpolation weights come in; columns and ``rows``
+    are rounded in different steps), so that the views are OpenCV's to the last bit."""
     c = (n - 1) / 2.0
+    inverse = cv2.invertAffineTransform(cv2.getRotationMatrix2D((c, c), 0.0, scale))
+    a, b = (inverse[1, 1], inverse[1, 2]) if rows else (inverse[0, 0], inverse[0, 2])
     r = np.zeros((n, n), np.float64)
     for i in range(n):
-        s = c + (i - c) / scale
-        x0 = int(np.floor(s))
-        w = s - x0
+        fixed = int(np.rint((a * i + b) * 1024)) if rows else int(np.rint(a * i * 1024)) + int(np.rint(b * 1024))
+        q = (fixed + 16) >> 5  # the position in 32nds of a pixel
+        x0, w = q >> 5, (q & 31) / 32
         r[i, min(max(x0, 0), n - 1)] += 1.0 - w
         r[i, min(max(x0 + 1, 0), n - 1)] += w
     return r.astype(np.float32)
@@ -60,10 +65,12 @@ def view_matrices(n: int, mode: str) -> list[tuple[np.ndarray, np.ndarray]]:
     if mode not in TTA_MODES:
         raise ValueError(f"views must be one of {TTA_MODES}, not {mode!r}")
     mirror = np.eye(n, dtype=np.float32)[::-1]
-    plain = [np.eye(n, dtype=np.float32)] + ([zoom_matrix(n, z) for z in ZOOMS] if mode == "multi" else [])
+    eye = np.eye(n, dtype=np.float32)
+    plain = [(eye, eye)] + ([(zoom_matrix(n, z, rows=True), zoom_matrix(n, z, rows=False)) for z in ZOOMS]
+                            if mode == "multi" else [])
     if mode == "none":
-        return [(m, m) for m in plain]
-    return [v for m in plain for v in ((m, m), (m, mirror @ m))]
+        return plain
+    return [v for r, c in plain for v in ((r, c), (r, mirror @ c))]  # zoomed, then mirrored
 
 
 def resample(x, rows: np.ndarray, columns: np.ndarray, name: str):
