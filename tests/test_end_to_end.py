@@ -33,7 +33,7 @@ def e2e(tmp_path_factory):
 
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        status = cli.main(["analyze", "--input", str(inputs), "--output", str(out), "--max_frames_per_video", "3",
+        status = cli.main(["analyze", "--input", str(inputs), "--output", str(out), "--max_frames_per_video", "4",
                            "--annotate", "--store_crops"])
     assert status == 0
     return out, printed.getvalue()
@@ -61,7 +61,7 @@ def test_group_photos(e2e):
 
 def test_clip_rows_have_increasing_timestamps(e2e):
     sources = _by_name(e2e[0], "sources")
-    assert sources[CLIP][0]["status"] == "ok" and sources[CLIP][0]["frames"] == 3
+    assert sources[CLIP][0]["status"] == "ok" and sources[CLIP][0]["frames"] == 4
     faces = sorted(_by_name(e2e[0], "faces")[CLIP], key=lambda r: (r["frame_index"], r["face_index"]))
     times = sorted({r["timestamp_s"] for r in faces})
     assert len(times) >= 2 and times == sorted(times) and times[0] == 0.0
@@ -119,7 +119,7 @@ def test_annotated_copies_and_stored_crops(e2e):
     edge = photo[y1 + 5:y2 - 5, x1].astype(int)
     assert (edge[:, 1] - edge[:, [0, 2]].max(1)).mean() > 100
     clip = cv2.VideoCapture(str(next((out / "annotated").glob("*.mp4"))))
-    assert int(clip.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    assert int(clip.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
     crop = cv2.imdecode(np.frombuffer(row["crop_jpeg"], np.uint8), cv2.IMREAD_COLOR)
     assert crop.shape == (128, 128, 3)
 
