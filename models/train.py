@@ -99,9 +99,9 @@ def fit_resumable(model, train_ds, val_ds, epochs: int, workdir: Path, monitor: 
     sitting is logged with ``command`` and the schedule's length, so a run whose schedule was
     extended (rerun with more ``epochs`` in the same workdir) says so in its record. A run
     whose history already holds ``epochs`` epochs is not fitted again: its kept model is the
-    result, so a run trained elsewhere (its ``best.keras`` and ``history.csv`` copied over, say
-    from a GPU machine with another Keras backend) is finished here by the same command (a longer
-    schedule needs its ``backup/`` too, the state training goes on from). With
+    result, so a run trained elsewhere (its ``best.keras``, ``history.csv`` and ``recipe.json``
+    copied over, say from a GPU machine with another Keras backend) is finished here by the same
+    command (a longer schedule needs its ``backup/`` too, the state training goes on from). With
     ``snapshot_from``, the weights at the end of every epoch from that (1-based) one on are kept
     too, for ``models.swa``.
     """
