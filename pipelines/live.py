@@ -415,7 +415,9 @@ class FaceLog:
     """Faces-table rows (``transforms.sinks.FACES_SCHEMA``) written to one Parquet file as they come.
 
     Rows are buffered and written as a row group every ``row_group_rows`` rows, so memory stays
-    flat however long the run. Use as a context manager, or call ``close``.
+    flat however long the run. They go to a hidden file beside ``path`` (a name ``faces-*.parquet``
+    never matches), which takes the name on ``close``: a file already at ``path`` is replaced by a
+    whole log only, and kept by ``close(discard=True)``. Use as a context manager, or call ``close``.
     """
 
     def __init__(self, path: str, run: RunInfo, row_group_rows: int = 512):
@@ -423,8 +425,11 @@ class FaceLog:
 
         if row_group_rows < 1:
             raise ValueError(f"row_group_rows must be >= 1, got {row_group_rows}")
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._writer = pq.ParquetWriter(path, FACES_SCHEMA, compression="snappy")
+        folder, name = os.path.split(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        self._path, self._part = path, os.path.join(folder, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part")
+        self._writer = pq.ParquetWriter(self._part, FACES_SCHEMA, compression="snappy")
+        self._closed = False
         self._run = run
         self._rows: list[dict] = []
         self._size = row_group_rows
@@ -443,9 +448,20 @@ class FaceLog:
             self.rows_written += len(self._rows)
             self._rows = []
 
-    def close(self) -> None:
-        self._flush()
-        self._writer.close()
+    def close(self, discard: bool = False) -> None:
+        """Writes the last rows and gives the log its name; ``discard``: drops it instead."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not discard:
+                self._flush()
+            self._writer.close()
+            if not discard:
+                os.replace(self._part, self._path)
+        finally:
+            if os.path.exists(self._part):
+                os.unlink(self._part)
 
     def __enter__(self) -> FaceLog:
         return self
@@ -574,7 +590,7 @@ def run_live(source: int | str, options: LiveOptions = LiveOptions(), handler=No
         if recorder is not None:
             recorder.close()
         if log is not None:
-            log.close()
+            log.close(discard=reader.frames_read == 0)  # an earlier log at the path is not emptied
     if reader.frames_read == 0:
         raise ValueError(f"no frame could be read from {uri!r}")
     return LiveStats(reader.frames_read, processed, faces_total, seconds, analyzer.detect_s, analyzer.infer_s,

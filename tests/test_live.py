@@ -308,6 +308,35 @@ def test_a_video_file_served_over_http_is_read_as_a_file(tmp_path):
     assert [t for _, t in frames] == pytest.approx([0.0, 0.3, 0.6, 0.9])
 
 
+def test_a_source_without_frames_leaves_an_earlier_log_as_it_was(tmp_path, monkeypatch):
+    class NoFrames:  # opens, and gives no frame (a stream that never starts, a file cut after its header)
+        def isOpened(self):
+            return True
+
+        def grab(self):
+            return False
+
+        def read(self):
+            return False, None
+
+        def get(self, prop):
+            return 0.0
+
+        def release(self):
+            pass
+
+    video = write_video(tmp_path / "v.mp4", frames=3, fps=10.0)
+    log = tmp_path / "live" / "faces-v.parquet"
+    log.parent.mkdir()
+    log.write_bytes(b"an earlier run's log")
+    monkeypatch.setattr(live, "_open_capture", lambda source: NoFrames())
+    handler = FakeHandler()
+    with pytest.raises(ValueError, match="no frame could be read"):
+        live.run_live(str(video), FAKE_OPTIONS._replace(log=str(log)), handler=handler, models=handler.load_model(),
+                      detector=fake_detector_factory("mtcnn"))
+    assert log.read_bytes() == b"an earlier run's log" and os.listdir(log.parent) == ["faces-v.parquet"]
+
+
 def test_unreadable_source_is_a_value_error(tmp_path):
     bad = tmp_path / "not-a-video.mp4"
     bad.write_text("hello")
