@@ -618,7 +618,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The recipe's arguments, with the exact ``command`` and the ``recipe`` settings a sidecar records."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "swa_from", 0) and args.swa_from >= args.epochs:  # found now, not after the training
+        parser.error(f"--swa_from {args.swa_from} leaves fewer than two epochs of the {args.epochs} to average: give "
+                     "one below --epochs, or 0 for none")
     args.command = "python -m models.train " + shlex.join(argv)
     args.recipe = {k: v for k, v in vars(args).items()
                    if k not in ("command", "data_dir", "workdir", "out", "threads", "workers", "stop_after")}

@@ -175,6 +175,15 @@ def test_a_run_with_all_epochs_trained_is_not_fitted_again(tmp_path):
     assert len(read_history(elsewhere)) == 1 and len(read_sittings(elsewhere)) == 1
 
 
+def test_weight_averaging_needs_two_epochs_of_the_schedule(capsys):
+    from models import train
+
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(["emotion", "--epochs", "30", "--swa_from", "30"])  # it warned after 30 epochs
+    assert e.value.code == 2 and "--swa_from 30 leaves fewer than two epochs of the 30" in capsys.readouterr().err
+    assert train.parse_args(["emotion", "--epochs", "30", "--swa_from", "29"]).swa_from == 29
+
+
 def test_a_trained_workdir_without_its_recipe_is_refused(tmp_path):
     from models.train import RecipeMismatch, check_recipe
 
