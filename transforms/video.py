@@ -70,14 +70,7 @@ def _iso_media_problem(f, size: int) -> str | None:
     """Walks the top-level boxes of an ISO media file (MP4, MOV; ISO/IEC 14496-12 section 4.2)."""
     pos, boxes, media_bytes = 0, set(), 0
     while pos + 8 <= size:
-        f.seek(pos)
-        header = f.read(16)
-        box_size, box_type = struct.unpack(">I4s", header[:8])
-        header_len = 8
-        if box_size == 1 and len(header) == 16:  # 64-bit size follows the type
-            box_size, header_len = struct.unpack(">Q", header[8:16])[0], 16
-        elif box_size == 0:  # the box runs to the end of the file
-            box_size = size - pos
+        box_type, header_len, box_size = _box_header(f, pos, size)
         name = box_type.decode("latin-1")
         if box_size < header_len:
             return f"corrupt MP4/QuickTime file: box {name!r} at byte {pos} has an impossible size"
@@ -93,6 +86,20 @@ def _iso_media_problem(f, size: int) -> str | None:
     if b"mdat" in boxes and media_bytes == 0:
         return "MP4/QuickTime file with no media data (0 frames)"
     return None
+
+
+def _box_header(f, pos: int, end: int) -> tuple[bytes, int, int]:
+    """(type, header length, size) of the ISO media box at byte ``pos`` of a file; a box of size 0
+    runs to ``end``. Raises struct.error where fewer than 8 bytes are left to read."""
+    f.seek(pos)
+    header = f.read(16)
+    box_size, box_type = struct.unpack(">I4s", header[:8])
+    header_len = 8
+    if box_size == 1 and len(header) == 16:  # 64-bit size follows the type
+        box_size, header_len = struct.unpack(">Q", header[8:16])[0], 16
+    elif box_size == 0:  # the box runs to the end of its parent
+        box_size = end - pos
+    return box_type, header_len, box_size
 
 
 def constant_frame_rate(path: str) -> bool:
@@ -121,19 +128,11 @@ _MAX_STTS_ENTRIES = 4096
 
 
 def _boxes(f, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
-    """(type, payload start, end) of the ISO media boxes in bytes ``[start, end)`` of a file."""
+    """(type, payload start, end) of the ISO media boxes in bytes ``[start, end)`` of a file; stops at
+    the first box that does not fit."""
     pos = start
     while pos + 8 <= end:
-        f.seek(pos)
-        header = f.read(16)
-        if len(header) < 8:
-            return
-        box_size, box_type = struct.unpack(">I4s", header[:8])
-        header_len = 8
-        if box_size == 1 and len(header) == 16:
-            box_size, header_len = struct.unpack(">Q", header[8:16])[0], 16
-        elif box_size == 0:
-            box_size = end - pos
+        box_type, header_len, box_size = _box_header(f, pos, end)
         if box_size < header_len or pos + box_size > end:
             return
         yield box_type, pos + header_len, pos + box_size
