@@ -283,7 +283,7 @@ def read_frames(path: str, fps: float, rate: float, max_frames: int, start: int 
             # lands exactly; otherwise walk from the start.
             if (by_index and cap.set(cv2.CAP_PROP_POS_FRAMES, start)
                     and int(cap.get(cv2.CAP_PROP_POS_FRAMES)) == start):
-                index = start
+                index, last_slot = start, sample_slot(start - 1, fps, rate)
             else:
                 cap.release()
                 cap = _open(path)
@@ -298,16 +298,15 @@ def read_frames(path: str, fps: float, rate: float, max_frames: int, start: int 
                 return
             reached_s = frame_time(cap, index, fps)
             if by_index:
-                wanted = index >= start and is_sampled(index, fps, rate)
+                slot = sample_slot(index, fps, rate)
             else:
-                # The first frame of each 1 / rate seconds of presentation time from the first
-                # frame's; a time that goes back (a damaged stream) is never sampled twice.
+                # Slots of 1 / rate seconds of presentation time from the first frame's.
                 first_s = reached_s if first_s is None else first_s
                 slot = index if rate <= 0 else int(math.floor((reached_s - first_s) * rate + 1e-9))
                 if max_frames and slot >= max_frames:
                     return
-                wanted, last_slot = slot > last_slot, max(slot, last_slot)
-                wanted = wanted and index >= start
+            # The first frame of each slot; a time that goes back (a damaged stream) is never sampled twice.
+            wanted, last_slot = index >= start and slot > last_slot, max(slot, last_slot)
             if wanted:
                 ok, bgr = cap.retrieve()
                 if not ok or bgr is None:
