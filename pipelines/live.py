@@ -37,12 +37,11 @@ from models.registry import DEFAULT_MODELS, default_specs, resolve
 from models.tta import TTA_HELP, TTA_MODES
 from transforms import drawing
 from transforms.faces import DETECTORS, DetectOptions, check_detect_options, faces_in_frame, make_detector
-from transforms.imaging import resize_by
 from transforms.inference import model_inputs
 from transforms.records import FaceCrop, Frame
 from transforms.sinks import FACES_SCHEMA, RunInfo, face_row
 from transforms.tracking import MAX_SHIFT, Smoother, Tracker
-from transforms.video import DEFAULT_FPS, MAX_VIDEO_SIDE, container_fps, declared_frames, frame_time, truncation
+from transforms.video import DEFAULT_FPS, Mp4Writer, container_fps, declared_frames, frame_time, truncation
 
 __all__ = [
     "LiveOptions", "LiveFace", "LiveStats", "SourceFrame", "LatestFrame", "LiveAnalyzer", "FaceLog",
@@ -382,35 +381,6 @@ class _Window:
                 pass
 
 
-class _Recorder:
-    """The annotated frames as an mp4v .mp4; the writer opens on the first frame (size known then).
-    Frames over ``MAX_VIDEO_SIDE`` pixels (which the encoder refuses) are written scaled down."""
-
-    def __init__(self, path: str, fps: float):
-        self._path, self._fps = path, fps
-        self._writer = None
-        self._scale = 1.0
-        self.frames = 0
-
-    def write(self, bgr: np.ndarray, times: int = 1) -> None:
-        if self._writer is None:
-            os.makedirs(os.path.dirname(os.path.abspath(self._path)), exist_ok=True)
-            self._scale = min(1.0, MAX_VIDEO_SIDE / max(bgr.shape[:2]))
-            h, w = resize_by(bgr, self._scale).shape[:2]
-            self._writer = cv2.VideoWriter(self._path, cv2.VideoWriter_fourcc(*"mp4v"), self._fps, (w, h))
-            if not self._writer.isOpened():
-                raise ValueError(f"cannot write a {w}x{h} mp4v video to {self._path!r} (give an .mp4 path in a "
-                                 "writable directory)")
-        bgr = resize_by(bgr, self._scale)
-        for _ in range(times):
-            self._writer.write(bgr)
-        self.frames += times
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-
-
 class FaceLog:
     """Faces-table rows (``transforms.sinks.FACES_SCHEMA``) written to one Parquet file as they come.
 
@@ -548,7 +518,7 @@ def run_live(source: int | str, options: LiveOptions = LiveOptions(), handler=No
     fps = _capture_fps(cap)
     window = _Window(options.display and display_available())
     show_all = bool(options.record) or window.enabled
-    recorder = _Recorder(options.record, fps) if options.record else None
+    recorder = Mp4Writer(options.record, fps) if options.record else None
     if live:
         reader = _LiveReader(cap, options.max_frames)
     else:

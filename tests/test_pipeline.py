@@ -204,7 +204,8 @@ def test_annotated_copies_of_wide_videos_and_long_names(tmp_path):
     for the file system is cut."""
     import cv2
 
-    from transforms.annotate import MAX_JPEG_SIDE, MAX_VIDEO_SIDE, _AnnotateFn, annotated_name
+    from transforms.annotate import MAX_JPEG_SIDE, _AnnotateFn, annotated_name
+    from transforms.video import MAX_VIDEO_SIDE
 
     wide = write_video(tmp_path / "wide.avi", 3, fps=1.0, size=(8640, 64), brightness=lambda i: 90, fourcc="MJPG")
     long_name = tmp_path / ("é" * 124 + ".png")  # 248 bytes of stem: 261 with the hash and .jpg

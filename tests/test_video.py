@@ -247,3 +247,23 @@ def test_the_planner_splits_constant_rate_videos_and_refuses_oversized_frames(tm
     assert [(e.stage, e.error) for e in failed] == [
         ("decode", "VideoError: frames of 96x64 pixels exceed --max_pixels=1000; refused before decoding "
                    "(raise the limit to read it)")]
+
+
+def test_mp4_writer_scales_oversized_frames_counts_and_refuses_an_unwritable_path(tmp_path):
+    import cv2
+    import numpy as np
+
+    path = tmp_path / "new" / "clip.mp4"
+    with video.Mp4Writer(str(path), 10.0) as writer:
+        assert not path.exists()  # nothing is made before the first frame
+        writer.write(np.full((20, 5000, 3), 90, np.uint8), times=2)
+        writer.write(np.full((20, 5000, 3), 90, np.uint8))
+    writer.close()  # a second close does nothing
+    assert writer.frames == 3
+    clip = cv2.VideoCapture(str(path))
+    assert clip.get(cv2.CAP_PROP_FRAME_WIDTH) == video.MAX_VIDEO_SIDE and clip.get(cv2.CAP_PROP_FRAME_COUNT) == 3
+    clip.release()
+    (tmp_path / "taken.mp4").mkdir()
+    with pytest.raises(video.VideoError, match="cannot write a 8x6 mp4v video"):
+        with video.Mp4Writer(str(tmp_path / "taken.mp4"), 10.0) as writer:
+            writer.write(np.zeros((6, 8, 3), np.uint8))

@@ -23,7 +23,6 @@ from apache_beam.io.filesystems import FileSystems
 from transforms import drawing, imaging, video
 from transforms.common import count
 from transforms.sources import ReadOptions, local_copy
-from transforms.video import MAX_VIDEO_SIDE
 
 __all__ = ["Annotate", "annotated_name"]
 
@@ -90,30 +89,20 @@ class _AnnotateFn(beam.DoFn):
         rate = self._options.video_fps
         fd, tmp = tempfile.mkstemp(suffix=".mp4", prefix="facebeam-annotated-")
         os.close(fd)
-        writer = None
         try:
             with local_copy(uri) as path:
                 info = video.probe_video(path)
                 out_fps = rate if 0 < rate < info.fps else info.fps
-                # Drawn at full size; frames too big for the encoder are written scaled down.
-                scale = min(1.0, MAX_VIDEO_SIDE / max(info.width, info.height))
-                for index, _, rgb in video.read_frames(path, info.fps, rate, self._options.max_frames_per_video):
-                    bgr = imaging.resize_by(_draw(rgb, by_frame.get(index, [])), scale)
-                    if writer is None:
-                        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), out_fps,
-                                                 (bgr.shape[1], bgr.shape[0]))
-                        if not writer.isOpened():
-                            raise OSError(f"OpenCV cannot write a {bgr.shape[1]}x{bgr.shape[0]} mp4v video")
-                    writer.write(bgr)
-            if writer is not None:
-                writer.release()
-                writer = None
+                # Drawn at full size; the writer scales frames too big for the encoder.
+                with video.Mp4Writer(tmp, out_fps) as writer:
+                    for index, _, rgb in video.read_frames(path, info.fps, rate,
+                                                           self._options.max_frames_per_video):
+                        writer.write(_draw(rgb, by_frame.get(index, [])))
+            if writer.frames:
                 with open(tmp, "rb") as src, FileSystems.create(
                         FileSystems.join(self._directory, annotated_name(uri, ".mp4"))) as out:
                     shutil.copyfileobj(src, out, 1 << 20)  # a clip may be gigabytes
         finally:
-            if writer is not None:
-                writer.release()
             os.unlink(tmp)
 
 

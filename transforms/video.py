@@ -19,9 +19,9 @@ from typing import Iterator, NamedTuple
 import cv2
 import numpy as np
 
-from transforms.imaging import describe_content
+from transforms.imaging import describe_content, resize_by
 
-__all__ = ["MAX_VIDEO_SIDE", "VideoError", "VideoInfo", "probe_video", "declared_frames", "container_fps", "frame_time",
+__all__ = ["MAX_VIDEO_SIDE", "VideoError", "VideoInfo", "Mp4Writer", "probe_video", "declared_frames", "container_fps", "frame_time",
            "video_problem", "constant_frame_rate", "sample_slot", "is_sampled", "split_ranges", "truncation",
            "read_frames"]
 
@@ -324,3 +324,46 @@ def frame_time(cap: cv2.VideoCapture, index: int, fps: float) -> float:
     if index > 0 and not (ms and math.isfinite(ms) and ms > 0):  # no presentation time in the stream
         return index / fps
     return round(ms / 1000.0, 6)
+
+
+class Mp4Writer:
+    """BGR uint8 frames to an mp4v .mp4 at ``fps`` frames/s. The encoder opens on the first frame,
+    whose size is the video's; frames over ``MAX_VIDEO_SIDE`` pixels (which the encoder refuses) are
+    written scaled down. ``frames`` counts the frames written. Use as a context manager, or call ``close``."""
+
+    def __init__(self, path: str, fps: float):
+        self.path, self.fps = path, fps
+        self.frames = 0
+        self._writer: cv2.VideoWriter | None = None
+        self._scale = 1.0
+
+    def write(self, bgr: np.ndarray, times: int = 1) -> None:
+        """Writes ``bgr`` as the next ``times`` frames (a frame held while the source skips some)."""
+        if self._writer is None:
+            self._scale = min(1.0, MAX_VIDEO_SIDE / max(bgr.shape[:2]))
+            bgr = resize_by(bgr, self._scale)
+            h, w = bgr.shape[:2]
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            if not writer.isOpened():
+                writer.release()
+                raise VideoError(f"cannot write a {w}x{h} mp4v video to {self.path!r} (give an .mp4 path in a "
+                                 "writable directory)")
+            self._writer = writer
+        else:
+            bgr = resize_by(bgr, self._scale)
+        for _ in range(times):
+            self._writer.write(bgr)
+        self.frames += times
+
+    def close(self) -> None:
+        """Finishes the file; closing again does nothing."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
