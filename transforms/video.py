@@ -21,9 +21,9 @@ import numpy as np
 
 from transforms.imaging import describe_content, resize_by
 
-__all__ = ["MAX_VIDEO_SIDE", "VideoError", "VideoInfo", "Mp4Writer", "probe_video", "declared_frames", "container_fps", "frame_time",
-           "video_problem", "constant_frame_rate", "sample_slot", "is_sampled", "split_ranges", "truncation",
-           "read_frames"]
+__all__ = ["MAX_VIDEO_SIDE", "VideoError", "VideoInfo", "Mp4Writer", "probe_video", "declared_frames", "container_fps",
+           "frame_time", "video_problem", "constant_frame_rate", "sample_slot", "is_sampled", "split_ranges",
+           "truncation", "read_frames"]
 
 # Frame rate assumed when a container reports none (OpenCV gives 0 or NaN for some streams) and the
 # first two frames' presentation times do not tell it either.
