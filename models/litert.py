@@ -5,7 +5,8 @@ take 1.1-1.3 ms for the same float32 network, and the outputs agree to float32 r
 for the probabilities, ``tests/test_fast_paths.py``; ``bench/`` has the pipeline figures). The
 ``.keras`` file stays the model: it is verified by sha256, then converted once to a LiteRT
 flatbuffer, cached under ``FACEBEAM_CACHE`` (default ``~/.cache/facebeam``) by the Keras file's
-sha256 and the converter's TensorFlow version, so later runs skip the few seconds it takes.
+sha256 and the TensorFlow and Keras versions that load and convert it, so later runs skip the few
+seconds it takes.
 
 An interpreter is neither thread-safe nor cheap to resize, so :class:`LiteModel` keeps one per thread
 and per chunk size (``CHUNKS``) and splits every batch into those chunks: XNNPACK's time per face is
@@ -62,11 +63,13 @@ def flatbuffer(load, name: str, sha256: str, cache: Path | None = None) -> bytes
     ``load`` returns the Keras model; it is called only when the cache has no conversion, so that a
     cached model runs without Keras loading it (about 0.4 s per model). ``sha256`` is the Keras
     file's: a changed file never meets an old conversion. A cache that cannot be written only costs
-    the conversion next time.
+    the conversion next time. The file's name holds the TensorFlow and Keras versions as well: either
+    one can change what the same file loads and converts to.
     """
+    import keras
     import tensorflow as tf
 
-    path = (cache or cache_dir()) / f"{name}-{sha256[:16]}-tf{tf.__version__}.tflite"
+    path = (cache or cache_dir()) / f"{name}-{sha256[:16]}-tf{tf.__version__}-keras{keras.__version__}.tflite"
     try:
         cached = path.read_bytes()
     except OSError:
