@@ -22,6 +22,7 @@ from models.labels import EMOTIONS
 __all__ = [
     "save_cache",
     "load_cache",
+    "faces_digest",
     "FerData",
     "UtkData",
     "default_data_dir",
@@ -328,6 +329,12 @@ def save_cache(path: Path, **arrays) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with replaced_whole(path) as part:
         np.savez(part, **arrays)
+
+
+def faces_digest(images: np.ndarray) -> str:
+    """sha256 of the faces' pixels: the part of a cache's key that tells which faces it was made from,
+    wherever they were read from."""
+    return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
 
 
 def load_cache(path: Path) -> dict[str, np.ndarray] | None:

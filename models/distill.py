@@ -10,7 +10,6 @@ computed once per run and kept in its ``--workdir``, so resumed sittings reuse t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -59,7 +58,7 @@ def teacher_targets(names: list[str], images: np.ndarray, classes: tuple[str, ..
     the teachers, the views and the faces are the same.
     """
     from models.card import provenance
-    from models.data import load_cache, save_cache
+    from models.data import faces_digest, load_cache, save_cache
     from models.registry import load_checked, resolve
 
     specs = [resolve(n, "emotion") for n in names]
@@ -69,7 +68,7 @@ def teacher_targets(names: list[str], images: np.ndarray, classes: tuple[str, ..
             raise ValueError(f"--teacher {spec.name} predicts {list(spec.classes)}, "
                              f"not the recipe's classes {list(classes)}")
         teachers.append(provenance(spec))
-    key = json.dumps({"teachers": [t["sha256"] for t in teachers], "tta": tta, "faces": _digest(images)})
+    key = json.dumps({"teachers": [t["sha256"] for t in teachers], "tta": tta, "faces": faces_digest(images)})
     cache = cache_dir / CACHE_NAME if cache_dir else None
     cached = load_cache(cache) if cache is not None else None
     if cached is not None and str(cached.get("key")) == key:
@@ -79,7 +78,3 @@ def teacher_targets(names: list[str], images: np.ndarray, classes: tuple[str, ..
     if cache is not None:
         save_cache(cache, probs=probs, key=np.array(key))
     return probs, {"teachers": teachers, "tta": tta}
-
-
-def _digest(images: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()

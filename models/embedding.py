@@ -97,6 +97,12 @@ def _features(extractor, images: np.ndarray, views: int, seed: int, batch_size: 
     return np.concatenate(out).astype(np.float32)
 
 
+def features_key(base_sha256: str, views: int, seed: int, images: np.ndarray) -> str:
+    """The key of cached training features: the base, the views and their seed, and the faces' pixels
+    (not ``--data_dir`` or the selection flags: features made from other faces are never reused)."""
+    return json.dumps([base_sha256, views, seed, fdata.faces_digest(images)])
+
+
 def _cached_features(path: Path, key: str, compute) -> tuple[np.ndarray, float]:
     """(features, seconds spent computing them), read from ``path`` when it was written for ``key``."""
     cached = fdata.load_cache(path)
@@ -127,7 +133,7 @@ def train_emotion_embedding(args: argparse.Namespace) -> dict:
     classes = fdata.LABEL_SETS[args.label_set][0]
     train, test = emotion_faces(args)
     workdir = Path(args.workdir)
-    key = json.dumps([spec.sha256, args.views, args.seed, args.label_set, args.clean, args.limit])
+    key = features_key(spec.sha256, args.views, args.seed, train.images)
     f_tr, feature_seconds = _cached_features(workdir / "train_features.npz", key,
                                              lambda: _features(extractor, train.images, args.views, args.seed))
     f_te = _features(extractor, test.images, 1, args.seed)

@@ -401,6 +401,32 @@ def test_embedding_views_and_age_gender_size_are_checked(capsys):
         assert "is not a whole number, at least" in capsys.readouterr().err
 
 
+def test_embedding_features_are_reused_only_for_the_same_faces(tmp_path):
+    from models import embedding
+
+    faces = np.random.default_rng(0).integers(0, 256, (6, 48, 48), dtype=np.uint8)
+    key = embedding.features_key("ab" * 32, 2, 0, faces)
+    # the same pixels read from another copy of the data: the same key
+    assert embedding.features_key("ab" * 32, 2, 0, faces.copy()) == key
+    other = faces.copy()
+    other[0, 0, 0] ^= 1
+    assert len({key, embedding.features_key("ab" * 32, 2, 0, other), embedding.features_key("cd" * 32, 2, 0, faces),
+                embedding.features_key("ab" * 32, 3, 0, faces), embedding.features_key("ab" * 32, 2, 1, faces)}) == 5
+
+    calls = []
+
+    def compute(value):
+        calls.append(value)
+        return np.full((4, 2), value, np.float32)
+
+    path = tmp_path / "train_features.npz"
+    first, _ = embedding._cached_features(path, key, lambda: compute(1.0))
+    again, _ = embedding._cached_features(path, key, lambda: compute(2.0))
+    assert calls == [1.0] and np.array_equal(first, again)
+    changed, _ = embedding._cached_features(path, embedding.features_key("ab" * 32, 2, 0, other), lambda: compute(3.0))
+    assert calls == [1.0, 3.0] and changed[0, 0] == 3.0
+
+
 def test_missing_data_and_an_unwritable_out_are_errors_before_training(tmp_path, capsys):
     from models import train
 
