@@ -37,7 +37,7 @@ from transforms.sinks import RunInfo, WriteResults
 from transforms.tracks import AssignTracks
 from transforms.sources import ReadOptions, ReadSources, expand_inputs, list_input
 
-__all__ = ["AnalyzeOptions", "run", "build", "main", "build_argv"]
+__all__ = ["AnalyzeOptions", "RunFailed", "run", "build", "main", "build_argv"]
 
 LOG = logging.getLogger("facebeam")
 
@@ -218,6 +218,11 @@ def _prepare_output(output: str, overwrite: bool) -> str:
     return output
 
 
+class RunFailed(RuntimeError):
+    """The runner failed the job after it was built (a worker or the runner itself broke, not one
+    input: those are rows of the sources table)."""
+
+
 def run(argv: list[str] | None = None, test_pipeline=None):
     """Builds and runs the pipeline; returns (PipelineResult or None, absolute output location)."""
     argv = build_argv(list(sys.argv[1:] if argv is None else argv))
@@ -258,10 +263,16 @@ def run(argv: list[str] | None = None, test_pipeline=None):
     if show_progress:
         progress.start(_count_inputs(patterns))
     pipeline = test_pipeline or beam.Pipeline(options=opts)
+    built = False
     try:
         with pipeline as p:
             build(p, patterns, output, handler, run_info, read_options, detect_options, num_shards=a.num_shards,
                   store_crops=a.store_crops, annotate=a.annotate)
+            built = True
+    except Exception as e:
+        if built:  # the runner failed the job: not a setting to change, whatever the exception's type
+            raise RunFailed(f"{type(e).__name__}: {e}") from e
+        raise
     finally:
         progress.close()
     _remove_empty_temp_dirs(output)
@@ -326,7 +337,8 @@ def _help_text() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the pipeline and prints a summary; exit status 0 when the run completed, 1 with
-    ``--fail_on_error`` when any input failed, 2 for a configuration error."""
+    ``--fail_on_error`` when any input failed, 2 for a configuration error, 3 when the runner failed
+    the job."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     # Beam also logs some notices on the root logger (a missing platform module, undeclared output
@@ -340,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         _, output = run(argv)
+    except RunFailed as e:
+        LOG.error("the run failed", exc_info=e.__cause__)
+        print(f"facebeam analyze: the run failed: {e}", file=sys.stderr)
+        return 3
     except (ValueError, FileNotFoundError, ModelIntegrityError) as e:
         print(f"facebeam analyze: error: {e}", file=sys.stderr)
         return 2

@@ -582,6 +582,32 @@ def test_a_summary_that_cannot_be_read_back_does_not_fail_a_finished_run(tmp_pat
     assert analyze.main(["--input", "x", "--output", "fbtest://gone", "--fail_on_error"]) == 1
 
 
+@pytest.mark.parametrize("when, status, message", [
+    ("build", 2, "facebeam analyze: error: a bad setting"),
+    ("run", 3, "facebeam analyze: the run failed: ValueError: a broken worker"),
+])
+def test_a_job_the_runner_fails_is_not_called_a_configuration_error(tmp_path, monkeypatch, capsys, when, status,
+                                                                     message):
+    import apache_beam as beam
+
+    from pipelines import analyze
+
+    def build(p, *args, **kwargs):
+        if when == "build":
+            raise ValueError("a bad setting")
+
+        def broken(x):
+            raise ValueError("a broken worker")
+
+        p | beam.Create([1]) | beam.Map(broken)
+
+    monkeypatch.setattr(analyze, "build", build)
+    d = tmp_path / "in"
+    _small_corpus(d)
+    assert analyze.main(["--input", str(d), "--output", str(tmp_path / "out"), "--quiet"]) == status
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--input", ""], "--input is empty"),
     (["--max_frames_per_video", "-1"], "--max_frames_per_video -1 is below 0"),
