@@ -280,14 +280,14 @@ def run_pipeline(corpus: Path, extra_args: list[str]) -> dict:
     }
 
 
-def run_sequential(corpus: Path) -> dict:
-    """Detector + aligner + one call per face and model, in a plain loop; rows written once at the end."""
+def run_sequential(corpus: Path, beam_args: list[str] | None = None) -> dict:
+    """Detector + aligner + one call per face and model, in a plain loop; rows written once at the end.
+    The models are those of ``beam_args`` (see ``model_specs``)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from models.handler import FaceModelHandler
-    from models.registry import default_specs
     from transforms.faces import DetectOptions, faces_in_frame, make_detector
     from transforms.inference import model_inputs
     from transforms.records import Frame
@@ -295,7 +295,7 @@ def run_sequential(corpus: Path) -> dict:
     clock = _Clock()
     cpu_clock = _CpuClock()
     t0 = time.perf_counter()
-    specs = default_specs()
+    specs = model_specs(beam_args or [])
     detector = clock.timed("load", make_detector, "mtcnn")
     models = clock.timed("load", FaceModelHandler(*specs, runtime="tensorflow").load_model)  # eager Keras calls below
     options = DetectOptions()
@@ -377,6 +377,18 @@ def run_detection(corpus: Path, workers: int = 1) -> dict:
             "stages": clock.rounded()}
 
 
+def model_specs(beam_args: list[str]) -> tuple:
+    """The (emotion, age-gender) models the pipeline runs with ``beam_args`` (``--emotion_model``,
+    ``--age_gender_model``; the shipped defaults otherwise), so every mode times the same models."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from models.registry import resolve
+    from pipelines.analyze import AnalyzeOptions, build_argv
+
+    a = PipelineOptions(build_argv(list(beam_args))).view_as(AnalyzeOptions)
+    return resolve(a.emotion_model, "emotion"), resolve(a.age_gender_model, "age-gender")
+
+
 def pipeline_workers(beam_args: list[str]) -> int:
     """The pipeline's worker count in ``beam_args`` (``--direct_num_workers``; 0 means one per CPU)."""
     from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
@@ -393,7 +405,7 @@ def measure(mode: str, corpus: Path, extra_args: list[str] | None = None) -> dic
     if mode == "pipeline":
         result = run_pipeline(corpus, list(extra_args or []))
     elif mode == "sequential":
-        result = run_sequential(corpus)
+        result = run_sequential(corpus, list(extra_args or []))
     elif mode == "detection":
         result = run_detection(corpus)
     elif mode == "detection_threads":

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from bench.corpus import build_corpus, find_sources, link_corpus
-from bench.measure import MODES, pipeline_workers
+from bench.measure import MODES, model_specs, pipeline_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_SPEEDUP = 3.0
@@ -253,8 +253,8 @@ def main(argv=None) -> int:
         "repeat": args.repeat,
         "modes": modes,
         "repeat_modes": sorted(repeat_modes),
-        "models": _model_tags(),
-        "model_conversion": _convert_models(),
+        "models": _model_tags(args.beam_arg),
+        "model_conversion": _convert_models(args.beam_arg),
     }
     runs: list[dict] = []
     try:
@@ -322,22 +322,21 @@ def _run_modes(n: int, corpus: Path, modes: list[str], repeat: int, beam_args: l
     return results
 
 
-def _convert_models() -> dict:
-    """Converts the models for LiteRT before any timing, as the first use on a machine does (cached,
-    see ``models.litert``): the figures are those of every later run. Returns what it took."""
+def _convert_models(beam_args: list[str]) -> dict:
+    """Converts the models the pipeline will run (``beam_args``' or the defaults) for LiteRT before any
+    timing, as the first use on a machine does (cached, see ``models.litert``): the figures are those
+    of every later run. Returns what it took."""
     from models.handler import FaceModelHandler
     from models.litert import cache_dir
-    from models.registry import default_specs
 
     t0 = time.perf_counter()
-    models = FaceModelHandler(*default_specs()).load_model()
+    models = FaceModelHandler(*model_specs(beam_args)).load_model()
     return {"runtime": models.runtime, "seconds": round(time.perf_counter() - t0, 2), "cache": str(cache_dir())}
 
 
-def _model_tags() -> dict[str, str]:
-    from models.registry import default_specs
-
-    return {spec.task: spec.tag for spec in default_specs()}
+def _model_tags(beam_args: list[str]) -> dict[str, str]:
+    """name@sha256 of the models every mode times, by task."""
+    return {spec.task: spec.tag for spec in model_specs(beam_args)}
 
 
 def _results(runs: list[dict], sources, context: dict) -> dict:

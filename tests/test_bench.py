@@ -90,6 +90,18 @@ def test_worker_count_follows_the_pipeline_flags(monkeypatch):
     assert measure.pipeline_workers(["--direct_num_workers=1"]) == 1
 
 
+def test_every_mode_and_the_report_use_the_models_the_pipeline_runs(tmp_path):
+    from models.registry import DEFAULT_MODELS
+    from tests.test_distill import _teacher
+
+    tiny = _teacher(tmp_path, name="tiny_emotion")
+    emotion, age_gender = measure.model_specs([f"--emotion_model={tiny}"])
+    assert (emotion.name, age_gender.name) == ("tiny_emotion", DEFAULT_MODELS["age-gender"])
+    assert [s.name for s in measure.model_specs([])] == [DEFAULT_MODELS["emotion"], DEFAULT_MODELS["age-gender"]]
+    tags = bench_run._model_tags([f"--emotion_model={tiny}"])
+    assert tags == {"emotion": emotion.tag, "age-gender": age_gender.tag}
+
+
 def test_threaded_detection_finds_what_the_loop_finds(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
