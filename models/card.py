@@ -265,7 +265,9 @@ def _swa(swa: dict) -> str:
 
 def _distill(distill: dict) -> str:
     """What the network was taught by (``--teacher``): the teachers, their views and the targets' mix."""
-    teachers = ", ".join(f"{t['name']} (sha256 `{t['sha256'][:12]}…`)" for t in distill["teachers"])
+    teachers = ", ".join(f"{t['name']} (sha256 `{t['sha256'][:12]}…`"
+                         + (f"; an ensemble, in its own `{t['own_views']}` views" if t.get("own_views") else "")
+                         + ")" for t in distill["teachers"])
     views = {"none": "as they are", "flip": "and their mirror images",
              "multi": "in the six views of `--tta multi`"}[distill["tta"]]
     return (f"Distilled: the targets were {1 - distill['weight']:.2g} x the label + {distill['weight']:.2g} x the "

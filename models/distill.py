@@ -18,7 +18,7 @@ import numpy as np
 
 LOG = logging.getLogger("facebeam.distill")
 
-__all__ = ["soften", "mix_targets", "teacher_probabilities", "teacher_targets", "CACHE_NAME"]
+__all__ = ["soften", "mix_targets", "teacher_probabilities", "teacher_targets", "own_views", "CACHE_NAME"]
 
 CACHE_NAME = "teacher.npz"
 
@@ -42,11 +42,20 @@ def mix_targets(targets: np.ndarray, teacher: np.ndarray, alpha: float) -> np.nd
     return ((1.0 - alpha) * targets + alpha * teacher).astype(np.float32)
 
 
-def teacher_probabilities(models: list, images: np.ndarray, tta: str) -> np.ndarray:
-    """Mean softmax (N, C) of ``models`` on uint8 (N, 48, 48) faces, each averaged over ``tta``'s views."""
+def teacher_probabilities(models: list, images: np.ndarray, tta: str | list[str]) -> np.ndarray:
+    """Mean softmax (N, C) of ``models`` on uint8 (N, 48, 48) faces, each averaged over ``tta``'s views
+    (one mode for all, or one per model)."""
     from models.train import emotion_predict
 
-    return np.mean([emotion_predict(m, images, tta) for m in models], axis=0)
+    modes = [tta] * len(models) if isinstance(tta, str) else list(tta)
+    if len(modes) != len(models):
+        raise ValueError(f"{len(modes)} view modes for {len(models)} models")
+    return np.mean([emotion_predict(m, images, mode) for m, mode in zip(models, modes)], axis=0)
+
+
+def own_views(record: dict) -> str:
+    """The views an ensemble's graph averages (``models.ensemble --views``); "none" for a single network."""
+    return str((record.get("ensemble") or {}).get("views", "none"))
 
 
 def teacher_targets(names: list[str], images: np.ndarray, classes: tuple[str, ...], tta: str,
@@ -54,27 +63,40 @@ def teacher_targets(names: list[str], images: np.ndarray, classes: tuple[str, ..
     """(probabilities (N, C) of the teachers ``names`` on ``images``, their sidecar record).
 
     ``names`` are shipped model names or ``.keras`` paths with sidecars (sha256 checked); every
-    teacher must predict ``classes``. The probabilities are kept in ``cache_dir`` and reused while
-    the teachers, the views and the faces are the same.
+    teacher must predict ``classes``. An ensemble whose graph averages views of its own
+    (``models.ensemble``) is scored in those, without ``tta``'s on top (zooms of zooms). The
+    probabilities are kept in ``cache_dir`` and reused while the teachers, the views and the faces
+    are the same.
     """
     from models.card import provenance
     from models.data import faces_digest, load_cache, save_cache
     from models.registry import load_checked, resolve
 
     specs = [resolve(n, "emotion") for n in names]
-    teachers = []
+    teachers, modes = [], []
     for spec in specs:
         if spec.classes != tuple(classes):
             raise ValueError(f"--teacher {spec.name} predicts {list(spec.classes)}, "
                              f"not the recipe's classes {list(classes)}")
-        teachers.append(provenance(spec))
-    key = json.dumps({"teachers": [t["sha256"] for t in teachers], "tta": tta, "faces": faces_digest(images)})
+        record = json.loads(Path(spec.path).with_suffix(".json").read_text())
+        teachers.append(provenance(spec, record))
+        own = own_views(record)
+        modes.append(tta if own == "none" else "none")
+        if own != "none":
+            teachers[-1]["own_views"] = own
+            if tta != "none":
+                LOG.info("teacher %s averages its own %s views: scored in those, without --teacher_tta %s on top",
+                         spec.name, own, tta)
+    key = {"teachers": [t["sha256"] for t in teachers], "tta": tta, "faces": faces_digest(images)}
+    if modes != [tta] * len(specs):
+        key["modes"] = modes
+    key = json.dumps(key)
     cache = cache_dir / CACHE_NAME if cache_dir else None
     cached = load_cache(cache) if cache is not None else None
     if cached is not None and str(cached.get("key")) == key:
         LOG.info("teacher outputs from %s", cache)
         return cached["probs"], {"teachers": teachers, "tta": tta}
-    probs = teacher_probabilities([load_checked(s) for s in specs], images, tta)
+    probs = teacher_probabilities([load_checked(s) for s in specs], images, modes)
     if cache is not None:
         save_cache(cache, probs=probs, key=np.array(key))
     return probs, {"teachers": teachers, "tta": tta}

@@ -9,8 +9,9 @@ The views are part of the graph: each is a fixed resampling of the face, two mat
 (rows, then columns) in frozen ``Dense`` layers, the bilinear interpolation with replicated edges
 that ``models.tta`` does with OpenCV, in OpenCV's own fixed-point positions: the same views, to
 float rounding. So the file is an ordinary emotion model with one input and
-one output: the pipeline (``--emotion_model``), LiteRT, ``facebeam evaluate``, the calibration and
-``--teacher`` take it as they take a single network (``--tta`` would add views on top of its own).
+one output: the pipeline (``--emotion_model``), LiteRT, ``facebeam evaluate`` and the calibration
+take it as they take a single network (``--tta`` would add views on top of its own); as a
+``--teacher`` it is scored in its own views only (``models.distill``).
 
 Members are shipped names or ``.keras`` paths with sidecars (sha256 checked) of the same classes,
 input and framing. The sidecar records each member's sha256, PublicTest figures and training

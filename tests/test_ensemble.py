@@ -133,6 +133,20 @@ def test_the_recipe_writes_a_model_the_pipeline_loads_with_its_record_and_card(t
     assert card.commands_of(record) == ["python -m models.train emotion --name m0",
                                         "python -m models.train emotion --name m1", record["command"]]
 
+    # as a teacher, it is scored in its own views, not in --teacher_tta's on top of them; a single
+    # network beside it still is
+    from models import distill
+
+    faces = fer["images"][:8]
+    teach, taught = distill.teacher_targets([str(tmp_path / "o" / "ens.keras"), str(paths[0])], faces, EMOTIONS,
+                                            "multi", tmp_path / "w")
+    expected = np.mean([model.predict(faces[..., None].astype(np.float32), verbose=0),
+                        emotion_predict(members[0], faces, "multi")], axis=0)
+    np.testing.assert_allclose(teach, expected, rtol=1e-4, atol=1e-6)
+    assert [t.get("own_views") for t in taught["teachers"]] == ["flip", None]
+    sentence = card._distill({**taught, "weight": 0.5, "temperature": 1.0, "train_accuracy": 0.5})
+    assert "ens (sha256 `" in sentence and "; an ensemble, in its own `flip` views)" in sentence
+
 
 def test_members_must_agree_and_differ(tmp_path, capsys):
     from models.ensemble import main
