@@ -1,7 +1,7 @@
 """Knowledge distillation for the emotion recipe: trained models teach a network their output.
 
 ``train emotion --teacher NAME [NAME ...]`` scores the training faces with the teachers (each
-averaged over the ``--teacher_tta`` views, then over the teachers), softens the result with
+averaged over the ``--teacher_tta`` views, or an ensemble over its own, then over the teachers), softens the result with
 ``--teacher_temperature`` and trains on the mix ``(1 - a) * label + a * teacher`` with
 ``a = --distill``. Teachers scored with multi-view test-time augmentation pass on what their views
 agree on, so the network learns, in one view, what they see in six. The teachers' scores are

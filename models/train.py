@@ -602,7 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="distil these emotion models (names in models/weights, or .keras paths with "
                                 "sidecars): train on a mix of the labels and their mean output (models.distill)")
             s.add_argument("--teacher_tta", default="multi", choices=TTA_MODES,
-                           help="views each teacher's output is averaged over")
+                           help="views each teacher's output is averaged over (an ensemble with views of its own: "
+                                "those only)")
             s.add_argument("--teacher_temperature", type=number(above=0), default=1.0,
                            help="soften (above 1) or sharpen the teachers' output before mixing")
             s.add_argument("--distill", type=number(at_least=0, at_most=1), default=0.5,
