@@ -216,7 +216,7 @@ def provenance(spec, record: dict | None = None) -> dict:
     ensemble's members): its name, sha256 and the commands that trained it. ``spec`` is the model's
     resolved ModelSpec; ``record`` its sidecar, read from beside the file unless given."""
     if record is None:
-        record = json.loads(Path(spec.path).with_suffix(".json").read_text())
+        record = spec.sidecar()
     return {"name": spec.name, "sha256": spec.sha256, "commands": commands_of(record)}
 
 

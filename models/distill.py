@@ -78,7 +78,7 @@ def teacher_targets(names: list[str], images: np.ndarray, classes: tuple[str, ..
         if spec.classes != tuple(classes):
             raise ValueError(f"--teacher {spec.name} predicts {list(spec.classes)}, "
                              f"not the recipe's classes {list(classes)}")
-        record = json.loads(Path(spec.path).with_suffix(".json").read_text())
+        record = spec.sidecar()
         teachers.append(provenance(spec, record))
         own = own_views(record)
         modes.append(tta if own == "none" else "none")

@@ -120,7 +120,7 @@ def _member(spec) -> dict:
     """What the sidecar records of a member: name, sha256, its PublicTest figures and commands."""
     from models.card import provenance
 
-    record = json.loads(Path(spec.path).with_suffix(".json").read_text())
+    record = spec.sidecar()
     figures = {key: record[key]["accuracy"] for key in ("public_test", "public_test_tta", "public_test_tta_multi")
                if key in record}
     return {**provenance(spec, record), "public_test": figures}

@@ -112,6 +112,10 @@ class ModelSpec:
             return _fetched(self.path, self.sha256)
         return self.path
 
+    def sidecar(self) -> dict:
+        """The record written beside a local model file (its ``.json``): how it was made and scored."""
+        return json.loads(Path(self.path).with_suffix(".json").read_text())
+
     def temperature_for(self, tta: str = "none") -> float:
         """The temperature fitted for the mean probabilities over the views of TTA mode ``tta``; 1 (none)
         where no fit for that mode is recorded, as one fitted for other views would miscalibrate them."""
