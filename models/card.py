@@ -2,10 +2,12 @@
 
     python -m models.card emotion_v2 age_gender_v4
     python -m models.card emotion_v2 --ablations runs/ablate/results.json --search runs/search/results.json
+    python -m models.card NAME --tables_in emotion_v2
 
 The sidecar is what ``models.train`` recorded: recipe, exact command, history, sittings, figures,
 sha256. ``--ablations`` adds the table of ``models.ablate``'s results to the emotion cards, and
-``--search`` that of ``models.search``.
+``--search`` that of ``models.search``; ``--tables_in NAME`` points a card without them to NAME's card,
+where they were measured.
 """
 
 from __future__ import annotations
@@ -317,9 +319,16 @@ def _search(table: dict) -> list[str]:
             f"widths {table['grid']['widths']} and dropout {table['grid']['dropout']}:", *lines[1:]]
 
 
-def render(name: str, ablations: dict | None = None, search: dict | None = None) -> str:
+def _tables_in(card: str) -> list[str]:
+    """The section of an emotion card whose ablation and search tables are in the card of model ``card``."""
+    return ["## Ablations and hyperparameter search", "",
+            f"The ablation of each training technique and the hyperparameter search were measured on the "
+            f"{card} recipe; their tables are in [{card}'s card]({card}.md#ablations-fer2013-publictest)."]
+
+
+def render(name: str, ablations: dict | None = None, search: dict | None = None, tables_in: str | None = None) -> str:
     """The card of model ``name`` (its sidecar in models/weights); emotion cards add ``ablations`` and
-    ``search`` tables when given."""
+    ``search`` tables when given, or point to the card of model ``tables_in`` that has them."""
     rec = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
     task = rec["task"]
     commands = commands_of(rec)
@@ -340,6 +349,7 @@ def render(name: str, ablations: dict | None = None, search: dict | None = None)
         *(_emotion_figures(rec) if task == "emotion" else _age_gender_figures(rec)), "",
         *([*_ablations(ablations), ""] if ablations and task == "emotion" else []),
         *([*_search(search), ""] if search and task == "emotion" else []),
+        *([*_tables_in(tables_in), ""] if tables_in and not (ablations or search) and task == "emotion" else []),
         *(["## Training history", "",
            *_history_table(rec["history"],
                            ["accuracy", "val_accuracy", "loss", "val_loss"] if task == "emotion" else
@@ -365,12 +375,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="models in models/weights")
     p.add_argument("--ablations", default=None, help="models.ablate results JSON, rendered into emotion cards")
     p.add_argument("--search", default=None, help="models.search results JSON, rendered into emotion cards")
+    p.add_argument("--tables_in", default=None, metavar="NAME",
+                   help="an emotion card without --ablations/--search points to model NAME's card for those tables")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     ablations = json.loads(Path(args.ablations).read_text()) if args.ablations else None
     search = json.loads(Path(args.search).read_text()) if args.search else None
     CARDS_DIR.mkdir(exist_ok=True)
     for name in args.names:
-        (CARDS_DIR / f"{name}.md").write_text(render(name, ablations, search))
+        (CARDS_DIR / f"{name}.md").write_text(render(name, ablations, search, args.tables_in))
         print(CARDS_DIR / f"{name}.md")
     return 0
 

@@ -49,6 +49,18 @@ def test_committed_card_is_what_its_sidecar_renders(name):
     assert without_tables == card.render(name)
 
 
+def test_cards_without_tables_point_to_a_card_with_them():
+    """An emotion card rendered with ``--tables_in`` links a committed card that has the tables."""
+    from models import card
+
+    section = card.render("emotion_v2", tables_in="emotion_v2").split("## Ablations and hyperparameter search")
+    assert len(section) == 2 and "(emotion_v2.md#ablations-fer2013-publictest)" in section[1]
+    cards = WEIGHTS_DIR.parent / "cards"
+    for path in cards.glob("*.md"):
+        for target in re.findall(r"\(([\w.-]+\.md)#ablations-fer2013-publictest\)", path.read_text()):
+            assert "\n## Ablations (FER2013 PublicTest)\n" in (cards / target).read_text(), (path.name, target)
+
+
 def test_tampered_model_is_refused(tmp_path):
     spec = resolve("emotion_v2", "emotion")
     copy = tmp_path / "emotion_v2.keras"
