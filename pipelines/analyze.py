@@ -17,6 +17,7 @@ import glob
 import logging
 import math
 import os
+import shutil
 import sys
 import uuid
 
@@ -272,6 +273,8 @@ def run(argv: list[str] | None = None, test_pipeline=None):
     except Exception as e:
         if built:  # the runner failed the job: not a setting to change, whatever the exception's type
             raise RunFailed(f"{type(e).__name__}: {e}") from e
+        if getattr(pipeline, "local_tempdir", None):  # Beam removes the local temp directory it made
+            shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)  # for the pipeline only when it runs
         raise
     finally:
         progress.close()

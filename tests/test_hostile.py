@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -602,10 +603,14 @@ def test_a_job_the_runner_fails_is_not_called_a_configuration_error(tmp_path, mo
         p | beam.Create([1]) | beam.Map(broken)
 
     monkeypatch.setattr(analyze, "build", build)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     d = tmp_path / "in"
     _small_corpus(d)
     assert analyze.main(["--input", str(d), "--output", str(tmp_path / "out"), "--quiet"]) == status
     assert message in capsys.readouterr().err
+    assert not list(scratch.glob("beam-pipeline-temp*"))  # Beam's own temp directory goes either way
 
 
 @pytest.mark.parametrize("flags, message", [
