@@ -322,7 +322,7 @@ def _search(table: dict) -> list[str]:
 def _tables_in(card: str) -> list[str]:
     """The section of an emotion card whose ablation and search tables are in the card of model ``card``."""
     return ["## Ablations and hyperparameter search", "",
-            f"The ablation of each training technique and the hyperparameter search were measured on the "
+            "The ablation of each training technique and the hyperparameter search were measured on the "
             f"{card} recipe; their tables are in [{card}'s card]({card}.md#ablations-fer2013-publictest)."]
 
 
