@@ -196,17 +196,15 @@ def record_sidecar(model_name: str, path: str, as_json: bool, prog: str = "pytho
                    command: str | None = None) -> int:
     """``--record``: the recipe's figures and per-mode temperatures into the sidecar of ``model_name``;
     ``command`` is the one the card names as having scored them (default: this module's)."""
-    from pathlib import Path
-
     from models import data as fdata
     from models.registry import is_uri, load_checked, record_in_sidecar, resolve
     from models.train import FGSM_EPS, emotion_record
 
     try:
         spec = resolve(model_name, "emotion")
-        if is_uri(spec.path):  # checked first: its sidecar is read below
+        if is_uri(spec.path):  # checked first: nothing is scored for a sidecar that cannot be written
             raise ValueError(f"{spec.path}: a model on a remote file system; record into a local copy of it")
-        meta = json.loads(Path(spec.local_file()).with_suffix(".json").read_text())
+        meta = spec.sidecar()
         classes = tuple(spec.classes or fdata.LABEL_SETS["7"][0])
         faces = fdata.emotion_targets(fdata.load_fer(path), fdata.label_set_of(classes))
         if not len(faces.labels):

@@ -113,8 +113,11 @@ class ModelSpec:
         return self.path
 
     def sidecar(self) -> dict:
-        """The record written beside a local model file (its ``.json``): how it was made and scored."""
-        return json.loads(Path(self.path).with_suffix(".json").read_text())
+        """The record written beside the model file (its ``.json``): how it was made and scored. A
+        shipped model's is this installation's, one on a FileSystems URI is read from beside it there."""
+        if is_uri(self.path):
+            return json.loads(_read_uri_sidecar(self.path))
+        return json.loads(Path(self.local_file()).with_suffix(".json").read_text())
 
     def temperature_for(self, tta: str = "none") -> float:
         """The temperature fitted for the mean probabilities over the views of TTA mode ``tta``; 1 (none)

@@ -310,6 +310,7 @@ def test_a_shipped_model_is_found_in_the_installation_that_loads_it(shipped_spec
     elsewhere = dataclasses.replace(shipped_specs[0], path="/home/someone/facebeam/models/weights/emotion_v2.keras")
     spec = pickle.loads(pickle.dumps(elsewhere))
     assert spec.shipped and spec.local_file() == str(WEIGHTS_DIR / "emotion_v2.keras")
+    assert spec.sidecar() == json.loads((WEIGHTS_DIR / "emotion_v2.json").read_text())
     verify(spec)
     # a model outside models/weights is loaded from where it was given
     local = dataclasses.replace(elsewhere, shipped=False)
@@ -328,6 +329,7 @@ def test_a_model_on_a_filesystems_uri_is_fetched_into_the_cache(tmp_path, monkey
     spec = resolve("fbtest://models/mine.keras", "emotion")
     assert (spec.name, spec.shipped, spec.path) == ("mine", False, "fbtest://models/mine.keras")
     assert spec.temperature_for("multi") == resolve("emotion_v2", "emotion").temperature_for("multi")
+    assert spec.sidecar() == json.loads((WEIGHTS_DIR / "emotion_v2.json").read_text())  # read from the bucket
     verify(spec)
     cached = tmp_path / "cache" / "models" / f"{spec.sha256}.keras"
     assert spec.local_file() == str(cached) and cached.read_bytes() == (WEIGHTS_DIR / "emotion_v2.keras").read_bytes()
